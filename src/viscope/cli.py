@@ -1,0 +1,239 @@
+"""The ``viscope`` command: one sub-command per job.
+
+User errors (unknown names, layer patterns that match nothing, missing paths) end with
+a one-line message that says how to fix them and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from viscope.errors import ViscopeError
+
+app = typer.Typer(
+    help="Look inside vision models: invariance, explanations, weak labels, training methods.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+list_app = typer.Typer(help="List what viscope knows: transforms, measures, datasets, models, "
+                            "layers.", no_args_is_help=True)
+app.add_typer(list_app, name="list")
+
+
+def _parse_kv(items: list[str] | None, what: str = "--model-arg") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ViscopeError(f"Expected {what} KEY=VALUE (e.g. img_size=32); got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+ModelArg = Annotated[
+    list[str] | None,
+    typer.Option("--model-arg", help="Keyword for the model constructor, KEY=VALUE (repeatable)."),
+]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    _console().print(t)
+
+
+@list_app.command("transforms")
+def list_transforms() -> None:
+    """The transformation families with their parameter ranges and units."""
+    from viscope import transforms
+
+    rows = []
+    for name in transforms.list_transforms():
+        f = transforms.create(name)
+        rng = ", ".join(f"{p}: {lo:g} → {hi:g}" for p, lo, hi in
+                        zip(f.param_names, _seq(f.low), _seq(f.high), strict=False))
+        rows.append([name, rng or "—", "yes" if f.geometric else "no", f.description])
+    _table("Transformation families", ["name", "parameter range (units)", "geometric",
+                                        "description"], rows)
+
+
+def _seq(x) -> list[float]:
+    if isinstance(x, (list, tuple)):
+        return [float(v) for v in x]
+    try:
+        return [float(v) for v in x.tolist()] if hasattr(x, "tolist") and x.ndim else [float(x)]
+    except TypeError:
+        return [float(x)]
+
+
+@list_app.command("measures")
+def list_measures() -> None:
+    """The invariance measures."""
+    from viscope.invariance import MEASURES
+
+    rows = [[n, MEASURES.get(n).primary, MEASURES.get(n).description] for n in MEASURES.names()]
+    _table("Invariance measures", ["name", "per-layer value", "description"], rows)
+
+
+@list_app.command("datasets")
+def list_datasets() -> None:
+    """The built-in datasets (no download) and how to use your own."""
+    from viscope import data
+
+    rows = [[n, "built-in"] for n in data.list_datasets()]
+    rows.append(["PATH/", "your folder in ImageFolder layout (root/class/image.png)"])
+    rows.append(["PATH.csv", "your CSV with columns path,label[,mask_path]"])
+    _table("Datasets", ["name", "what"], rows)
+
+
+@list_app.command("models")
+def list_models() -> None:
+    """A few models that work offline with random weights (any timm name works too)."""
+    from viscope import models
+
+    _table("Models (any timm name, torchvision:NAME or a checkpoint path also works)",
+           ["name"], [[n] for n in models.list_models()])
+
+
+@list_app.command("layers")
+def list_layers(
+    model: Annotated[str, typer.Option(help="timm name, torchvision:NAME, fastervit_* or "
+                                            "checkpoint path")],
+    model_arg: ModelArg = None,
+    image_size: Annotated[int, typer.Option(help="input height/width for the dry run")] = 32,
+    pattern: Annotated[str | None, typer.Option(help="only layers matching this glob")] = None,
+) -> None:
+    """The addressable layers of a model with their output shapes (default set marked)."""
+    from viscope import models
+
+    net = models.create(model, **_parse_kv(model_arg))
+    infos = models.layers(net, input_size=(3, image_size, image_size))
+    default = set(models.default_layers(net))
+    chosen = set(models.select_layers(net, pattern)) if pattern else None
+    rows = [[i.name, i.type, "×".join(map(str, i.output_shape)) if i.output_shape else "—",
+             i.calls, "✓" if i.name in default else ""]
+            for i in infos if chosen is None or i.name in chosen]
+    _table(f"Layers of {model} at {image_size}×{image_size} (✓ = default set)",
+           ["layer", "type", "output shape (per sample)", "calls", "default"], rows)
+
+
+@app.command()
+def invariance(
+    model: Annotated[str, typer.Option(help="timm name, torchvision:NAME, fastervit_* or "
+                                            "checkpoint path")],
+    transform: Annotated[str, typer.Option(help="transformation family "
+                                                "(see `viscope list transforms`)")],
+    out: Annotated[Path, typer.Option(help="run folder to write")],
+    dataset: Annotated[str, typer.Option(help="built-in name, folder or CSV")] = "shapes",
+    samples: Annotated[int, typer.Option(help="number of dataset samples")] = 256,
+    params: Annotated[int, typer.Option(help="number of transformation parameter values")] = 16,
+    layers: Annotated[str | None, typer.Option(help="glob pattern(s) of layers, comma-"
+                                                    "separated; default: the model's set")] = None,
+    measure: Annotated[str, typer.Option(help="see `viscope list measures`")] = "nv",
+    image_size: Annotated[int, typer.Option(help="image size for built-in datasets")] = 32,
+    model_arg: ModelArg = None,
+    num_classes: Annotated[int | None, typer.Option(help="classifier outputs")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 256,
+    seed: Annotated[int, typer.Option()] = 0,
+    spatial: Annotated[bool, typer.Option(help="average TV/SV over H×W or tokens first")] = False,
+    variance: Annotated[bool, typer.Option(help="means of variances, not of stds")] = False,
+    tokens: Annotated[str, typer.Option(help="ViT tokens: all, patch or prefix")] = "all",
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Measure how much each layer changes under a transformation; writes a run folder."""
+    import torch
+
+    from viscope import data, models
+    from viscope.invariance import measure as run_measure
+    from viscope.io import atomic_write_json, atomic_write_text, environment
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ViscopeError(f"--device {device} but CUDA is not available here; use --device cpu.")
+    kwargs = _parse_kv(model_arg)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    net = models.create(model, **kwargs)
+    ds = data.create(dataset, size=image_size)
+    patterns = [p.strip() for p in layers.split(",")] if layers else None
+    config = {
+        "command": "invariance", "model": model, "model_args": kwargs, "dataset": dataset,
+        "image_size": image_size, "transform": transform, "samples": samples, "params": params,
+        "layers": patterns or "default", "measure": measure, "device": device,
+        "batch_size": batch_size, "seed": seed, "spatial": spatial, "variance": variance,
+        "tokens": tokens,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_json(out / "environment.json", environment())
+    result = run_measure(net, ds, transform, measure=measure, samples=samples, params=params,
+                         layers=patterns, batch_size=batch_size, device=device, seed=seed,
+                         spatial=spatial, variance=variance, tokens=tokens, progress=progress)
+    result.save(out)
+    _save_plot(result, out / f"{result.measure}.png")
+    df = result.per_layer()
+    cols = [c for c in df.columns if c not in ("units",)]
+    _table(f"{result.measure} per layer · {model} · {transform}", cols,
+           [[f"{v:.4g}" if isinstance(v, float) else v for v in row]
+            for row in df[cols].itertuples(index=False)])
+    _console().print(f"Average {result.primary} over layers: {result.average():.4f}")
+    _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, config.yaml, "
+                     f"{result.measure}.png)")
+
+
+def _save_plot(result, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from viscope.io import atomic_write
+
+    ax = result.plot()
+    atomic_write(path, lambda p: ax.figure.savefig(p, dpi=120, format="png"))
+    plt.close(ax.figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except ViscopeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as e:
+        print(f"error: {e}. Check the path.", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""The measurement loop: one batched pass over the samples x parameters grid.
+
+Each forward pass holds complete rows — b samples, each under all M parameter values —
+so a sample's spread over transformations (TV) is computed inside the batch, while the
+spread over samples (SV) streams into float64 moments per parameter value. Activations
+are consumed inside the forward hook, so nothing stores the grid, and in-place ops
+after a measured layer cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from viscope.activations import Tap, capture
+from viscope.errors import ViscopeError
+from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions
+from viscope.invariance.result import InvarianceResult
+
+SPATIAL_DIMS = {"chw": (1, 2), "hwc": (0, 1), "tokens": (0,)}
+
+
+def resolve_transform(transform, params: int | None, **kwargs):
+    """A transformation family from a name, a family object or a list of callables."""
+    from viscope import transforms
+
+    if isinstance(transform, str):
+        return transforms.create(transform, **kwargs)
+    if isinstance(transform, (list, tuple)):
+        return transforms.from_callables(list(transform))
+    if hasattr(transform, "grid") and hasattr(transform, "apply"):
+        return transform
+    raise ViscopeError(
+        f"Expected transform to be a family name (see `viscope list transforms`), a family "
+        f"object or a list of callables; got {type(transform).__name__}."
+    )
+
+
+def _images(item) -> torch.Tensor:
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _collate(batch):
+    imgs = [_images(b) for b in batch]
+    if not all(isinstance(i, torch.Tensor) and i.ndim == 3 for i in imgs):
+        raise ViscopeError(
+            "Expected dataset items to be (image, label, ...) with image a (C, H, W) tensor; "
+            f"got {type(imgs[0]).__name__} of shape {getattr(imgs[0], 'shape', '?')}."
+        )
+    return torch.stack(imgs)
+
+
+def measure(
+    model: nn.Module | str,
+    dataset: Dataset | str,
+    transform: Any = "rotation",
+    *,
+    measure: str = "nv",
+    samples: int = 256,
+    params: int = 16,
+    layers: str | Sequence[str] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    spatial: bool = False,
+    variance: bool = False,
+    tokens: str = "all",
+    options: MeasureOptions | None = None,
+    transform_kwargs: dict | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    num_workers: int = 0,
+) -> InvarianceResult:
+    """Measure how much each layer of ``model`` changes under a transformation family.
+
+    Args:
+        model: an ``nn.Module`` (images in [0, 1]; see ``viscope.models.create``) or a model
+            name / checkpoint path.
+        dataset: a map-style dataset of ``(image, label, ...)`` or a built-in name/path.
+        transform: a family name (``"rotation"``), a family object, or a list of callables
+            each mapping a batch (B, C, H, W) to a batch of the same shape.
+        measure: a registered measure (``viscope list measures``): ``nv`` (default),
+            ``nv_se``, ``anova``, ``goodfellow``, ``distance``.
+        samples: number of dataset samples (a seeded random subset).
+        params: number of parameter values, ``family.grid(params)`` (ignored for a list
+            of callables, which defines its own).
+        layers: glob patterns of module names (``"blocks.*"``), a list of them, or None
+            for the model's default layers.
+        batch_size: images per forward pass; each pass holds whole rows, so it is
+            rounded down to a multiple of ``params`` (and at least ``params``).
+        device: where the model and the measure run (default: the model's device).
+        seed: seeds the sample subset.
+        spatial: average TV and SV over H x W (or tokens) before dividing.
+        variance: means of variances instead of means of standard deviations.
+        tokens: ``"all"``, ``"patch"`` or ``"prefix"`` tokens of ViT outputs.
+        options: further measure options (ANOVA alpha, Bonferroni, Goodfellow quantile).
+        transform_kwargs: range overrides for the family, e.g. ``{"low": -90, "high": 90}``.
+        progress: show a progress bar (True) or call ``progress(done, total)``.
+        num_workers: DataLoader workers.
+
+    Returns:
+        An :class:`InvarianceResult` (``.per_layer()``, ``.per_unit(layer)``, ``.plot()``).
+
+    Raises:
+        ViscopeError: unknown names, layer patterns that match nothing, bad shapes.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``), each process measures a shard of the
+    samples and the states are merged, giving the same numbers as one process.
+    """
+    from viscope import data as vdata
+    from viscope import models as vmodels
+
+    if isinstance(model, str):
+        model = vmodels.create(model)
+    if isinstance(dataset, str):
+        dataset = vdata.create(dataset)
+    spec = MEASURES.get(measure)
+    family = resolve_transform(transform, params, **(transform_kwargs or {}))
+    if spec.equivariant and not getattr(family, "geometric", False):
+        raise ViscopeError(
+            f"Measure {measure!r} maps activations back with the inverse transformation, so "
+            f"it needs a geometric family (scale, perspective, rotation, translation); got "
+            f"{getattr(family, 'name', family)!r}. Use measure='nv'."
+        )
+    if samples < 2:
+        raise ViscopeError(f"Expected samples >= 2 (a spread over samples); got {samples}.")
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    opts = options or MeasureOptions(spatial=spatial, variance=variance)
+    if options is not None and (spatial or variance):
+        opts = MeasureOptions(**{**opts.__dict__, "spatial": spatial or opts.spatial,
+                                 "variance": variance or opts.variance})
+    grid = family.grid(params).to(device)
+    m = grid.shape[0]
+    names = vmodels.select_layers(model, layers)
+
+    n = min(samples, len(dataset))
+    if n < samples:
+        warnings.warn(f"dataset has {len(dataset)} items; measuring all of them, not {samples}",
+                      stacklevel=2)
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=g)[:n].tolist()
+    rank, world = _dist_info()
+    shard = indices[rank::world]
+    rows = max(1, batch_size // m)
+    loader = DataLoader(Subset(dataset, shard), batch_size=rows, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate)
+
+    was_training = model.training
+    model.to(device).eval()
+    bar = _Progress(False, 0, "")
+    try:
+        probe = _collate([dataset[indices[0]]]).to(device)
+        records = _probe(model, family, grid, probe, names, tokens)
+        measured = [nm for nm in names if records[nm].captured]
+        skipped = [nm for nm in names if not records[nm].captured]
+        if skipped:
+            warnings.warn(f"layers that never ran were skipped: {', '.join(skipped)}",
+                          stacklevel=2)
+        if not measured:
+            raise ViscopeError(f"None of the layers {names} ran in a forward pass.")
+        states = {nm: _new_state(spec, records[nm], m, opts, device) for nm in measured}
+        stages = spec.state.stages
+        bar = _Progress(progress, len(stages) * len(loader),
+                        f"{spec.name} · {getattr(family, 'name', '')}")
+        for s, stage in enumerate(stages):
+            _run_stage(model, family, grid, loader, states, records, stage, s, tokens,
+                       spec.equivariant, device, bar)
+            merged = {nm: _merge_ranks(st) for nm, st in states.items()}
+            for nm, st in merged.items():
+                st.end_stage(s)
+                states[nm].adopt(st)
+        values = {nm: {k: v.cpu().numpy() for k, v in st.compute().items()}
+                  for nm, st in merged.items()}
+    finally:
+        bar.close()
+        model.train(was_training)
+
+    meta = {
+        "model": _model_name(model),
+        "transform": getattr(family, "name", "custom"),
+        "params": grid.cpu().tolist(),
+        "param_names": list(getattr(family, "param_names", ())),
+        "samples": n,
+        "measure": spec.name,
+        "options": opts.__dict__,
+        "tokens": tokens,
+        "skipped": skipped,
+        "seed": seed,
+    }
+    return InvarianceResult(
+        measure=spec.name, primary=spec.primary, layers=measured, values=values,
+        layouts={nm: records[nm].layout for nm in measured},
+        shapes={nm: list(records[nm].unit_shape) for nm in measured},
+        lower_is_invariant=spec.lower_is_invariant, meta=meta,
+    )
+
+
+def _model_name(model: nn.Module) -> str:
+    spec = getattr(model, "viscope_spec", None)
+    if isinstance(spec, dict) and spec.get("name"):
+        return str(spec["name"])
+    from viscope.models import unwrap
+
+    return type(unwrap(model)).__name__
+
+
+def _probe(model, family, grid, probe, names, tokens):
+    params = grid[:1].repeat(probe.shape[0], *([1] * (grid.ndim - 1)))
+    with torch.no_grad():
+        _, records = capture(model, family.apply(probe, params), names, tokens=tokens)
+    return records
+
+
+def _new_state(spec, rec, m, opts, device) -> LayerState:
+    unit_shape = rec.unit_shape
+    if spec.equivariant:
+        if rec.layout == "tokens" and rec.grid is not None and rec.prefix_tokens == 0:
+            unit_shape = (unit_shape[1], *rec.grid)
+        elif rec.layout == "tokens" and rec.grid is not None:
+            raise ViscopeError(
+                f"Layer {rec.name!r} has {rec.prefix_tokens} prefix (CLS/register) tokens that "
+                f"cannot be mapped back spatially; pass tokens='patch' for measure 'nv_se'."
+            )
+        elif rec.layout != "chw":
+            raise ViscopeError(
+                f"Measure 'nv_se' needs spatial (C, H, W) activations; layer {rec.name!r} has "
+                f"layout {rec.layout} {unit_shape}. Choose convolutional or token layers."
+            )
+        spatial_dims = (1, 2)
+    else:
+        spatial_dims = SPATIAL_DIMS.get(rec.layout, ())
+        if rec.layout == "tokens" and len(unit_shape) != 2:
+            spatial_dims = ()
+    return spec.state(m, tuple(unit_shape), spatial_dims, opts, device)
+
+
+def _run_stage(model, family, grid, loader, states, records, stage, s, tokens, equivariant,
+               device, bar) -> None:
+    m = grid.shape[0]
+    ctx: dict[str, Any] = {}
+
+    def consume(name: str, act: torch.Tensor) -> None:
+        st = states.get(name)
+        if st is None:
+            return
+        b, cols = ctx["rows"], ctx["cols"]
+        if equivariant:
+            rec = records[name]
+            if rec.layout == "tokens":
+                h, w = rec.grid
+                act = act.transpose(1, 2).reshape(act.shape[0], act.shape[2], h, w)
+            act = family.inverse(act, ctx["params"])
+        st.update(act.reshape(b, cols, *act.shape[1:]), s)
+
+    with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=tokens):
+        for x in loader:
+            x = x.to(device, non_blocking=True)
+            b = x.shape[0]
+            params = grid.repeat(b, *([1] * (grid.ndim - 1)))
+            if stage == "reference":
+                images, cols = x, 1
+            else:
+                moved = family.apply(x.repeat_interleave(m, 0), params)
+                if stage == "grid":
+                    images, cols = moved, m
+                else:  # grid+reference: column 0 is the untransformed image
+                    moved = moved.reshape(b, m, *x.shape[1:])
+                    images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
+                    cols = m + 1
+            ctx.update(rows=b, cols=cols, params=params)
+            model(images)
+            bar.advance()
+
+
+def _dist_info() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _merge_ranks(state: LayerState) -> LayerState:
+    """Gather every process's state and merge them in rank order (same on every rank)."""
+    import torch.distributed as dist
+
+    rank, world = _dist_info()
+    if world == 1:
+        return state
+    gathered = []
+    for t in state.tensors():
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        gathered.append(parts)
+    shards = [state.with_tensors([g[r] for g in gathered]) for r in range(world)]
+    merged = shards[0]
+    for other in shards[1:]:
+        merged.merge_(other)
+    merged.adopt(state)
+    return merged
+
+
+class _Progress:
+    def __init__(self, progress, total: int, label: str) -> None:
+        self.callback = progress if callable(progress) else None
+        self.total, self.done = total, 0
+        self._bar = None
+        if progress is True and _dist_info()[0] == 0:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(label, total=total)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.advance(self._task)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+__all__ = ["measure", "resolve_transform"]

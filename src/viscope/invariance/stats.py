@@ -1,0 +1,112 @@
+"""Streaming, mergeable statistics in float64 (Welford / Chan et al. 1979).
+
+Every invariance measure is built from these: a state that is updated batch by batch,
+merged across shards, and computed at the end. Nothing stores the whole
+samples x transformations grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Moments:
+    """Count, mean and sum of squared deviations (M2) of observations along one axis.
+
+    ``count`` has the shape of the leading "group" axes (possibly ``()``); ``mean`` and
+    ``m2`` have the group shape followed by the unit shape.
+
+    >>> m = Moments.empty((), (2,))
+    >>> m.update(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+    >>> m.mean.tolist(), m.var().tolist()
+    ([2.0, 4.0], [2.0, 8.0])
+    """
+
+    count: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def empty(
+        cls, group_shape: tuple[int, ...], unit_shape: tuple[int, ...], device=None
+    ) -> Moments:
+        """Moments with no observations."""
+        z = torch.zeros((*group_shape, *unit_shape), dtype=torch.float64, device=device)
+        return cls(torch.zeros(group_shape, dtype=torch.float64, device=device), z, z.clone())
+
+    @classmethod
+    def of(cls, x: torch.Tensor, group_ndim: int = 0) -> Moments:
+        """One-shot moments of ``x`` (n, *group_shape, *unit_shape) along dim 0, in float64.
+
+        ``group_ndim`` says how many axes after the first are groups (each with its own
+        count), the rest being units.
+        """
+        x = x.double()
+        mean = x.mean(0)
+        m2 = ((x - mean) ** 2).sum(0)
+        count = torch.full(mean.shape[:group_ndim], float(x.shape[0]), dtype=torch.float64,
+                           device=x.device)
+        return cls(count, mean, m2)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add observations ``x`` of shape (n, *group_shape, *unit_shape)."""
+        self.merge_(Moments.of(x, self.count.ndim))
+
+    def merge_(self, other: Moments) -> Moments:
+        """Merge ``other`` into ``self`` in place (Chan et al. parallel update)."""
+        na, nb = self.count, other.count
+        n = na + nb
+        shape = (*n.shape, *([1] * (self.mean.ndim - n.ndim)))
+        na_, nb_, n_ = na.reshape(shape), nb.reshape(shape), n.reshape(shape).clamp_min(1.0)
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (nb_ / n_)
+        self.m2 = self.m2 + other.m2 + delta**2 * (na_ * nb_ / n_)
+        self.count = n
+        return self
+
+    def var(self, ddof: int = 1) -> torch.Tensor:
+        """Variance with ``ddof`` (0 where there are not more than ``ddof`` observations).
+
+        A variance below float64 rounding of the mean (a constant unit) is exactly 0, so
+        that 0/0 and x/0 in the Normalized Variance do not depend on how batches merged.
+        """
+        shape = (*self.count.shape, *([1] * (self.mean.ndim - self.count.ndim)))
+        denom = (self.count - ddof).reshape(shape)
+        v = torch.where(denom > 0, self.m2 / denom.clamp_min(1.0), torch.zeros_like(self.m2))
+        return rounding_floor(v, self.mean)
+
+    def std(self, ddof: int = 1) -> torch.Tensor:
+        """Standard deviation with ``ddof``."""
+        return self.var(ddof).sqrt()
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The state as a list of tensors (for ``torch.distributed`` gathering)."""
+        return [self.count, self.mean, self.m2]
+
+
+def rounding_floor(var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Zero the variances that are only float64 rounding noise around ``mean``.
+
+    Merging the moments of a constant unit leaves M2 ~ (ulp of the mean)^2 instead of 0;
+    anything with std below 16 ulp of |mean| is treated as exactly constant.
+    """
+    tol = (16 * torch.finfo(torch.float64).eps * mean.abs()) ** 2
+    return torch.where(var <= tol, torch.zeros_like(var), var)
+
+
+def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` with 0/0 -> 1 and x/0 -> inf, as in Quiroga et al. (2023) and tmeasures."""
+    num, den = num.double(), den.double()
+    out = num / torch.where(den > 0, den, torch.ones_like(den))
+    out = torch.where((den <= 0) & (num <= 0), torch.ones_like(out), out)
+    return torch.where((den <= 0) & (num > 0), torch.full_like(out, float("inf")), out)
+
+
+def finite_mean(values) -> float:
+    """Mean over the finite values (NaN and inf excluded); NaN when none is finite."""
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    t = t[torch.isfinite(t)]
+    return float(t.mean()) if t.numel() else float("nan")
