@@ -1,0 +1,156 @@
+"""The dataset registry and :func:`create`: a built-in name, a folder or a CSV file."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from viscope.data.base import SubsetDataset, VisionDataset, check_seed
+from viscope.data.digits import DigitsDataset
+from viscope.data.folder import ImageFolder
+from viscope.data.shapes import ShapesDataset
+from viscope.data.splits import SPLIT_NAMES, resolve_fractions, split_indices
+from viscope.data.table import CSVDataset
+from viscope.errors import ViscopeError, suggest
+from viscope.registry import Registry
+
+#: Built-in datasets: name -> ``factory(size=..., n=..., seed=..., **kw)``.
+DATASETS: Registry[Callable[..., VisionDataset]] = Registry("dataset")
+DATASETS.register("shapes", ShapesDataset)
+DATASETS.register("digits", DigitsDataset)
+
+SPLITS = ("all", *SPLIT_NAMES)
+
+
+def list_datasets() -> list[str]:
+    """Names of the built-in datasets.
+
+    Example:
+        >>> list_datasets()
+        ['shapes', 'digits']
+    """
+    return DATASETS.names()
+
+
+def create(
+    name_or_path: str | PathLike[str],
+    split: str = "all",
+    size: int | Sequence[int] | None = 32,
+    n: int | None = None,
+    seed: int = 0,
+    **kw: Any,
+) -> VisionDataset:
+    """Make a dataset from a built-in name, an image folder or a CSV file.
+
+    Args:
+        name_or_path: A name from :func:`list_datasets`, a folder laid out as
+            ``root/<class>/<image>`` (:class:`ImageFolder`) or a ``.csv`` file
+            (:class:`CSVDataset`). A built-in name wins over a folder of the same name;
+            write ``./shapes`` for the folder.
+        split: ``"all"``, or ``"train"``, ``"val"`` or ``"test"`` of a stratified split
+            (:func:`split_indices` with ``seed``; ``fractions=`` in ``kw`` changes the
+            default 0.7/0.15/0.15, and a dict of fractions may name other splits).
+        size: Image side in pixels (folders and CSV files also take ``(height, width)``
+            or ``None`` to keep their files' size).
+        n: Number of items: for ``shapes`` how many to generate (default 2000),
+            otherwise a seeded random subset of that many (default all).
+        seed: Seed of generation, of the ``n`` subset and of the split.
+        **kw: Passed on to the dataset (``cache`` for shapes; ``skip_corrupt``, and
+            ``root`` for CSV files).
+
+    Returns:
+        The dataset; for a split, a :class:`SubsetDataset` whose ``.indices`` index the
+        full dataset and which records ``.split``, ``.seed`` and ``.fractions``.
+
+    Raises:
+        ViscopeError: Unknown name and no such path, an unknown split or option, or any
+            error of the dataset itself.
+
+    Example:
+        >>> train = create("shapes", split="train", n=100)
+        >>> len(train), train.classes[:2], train.has_masks
+        (70, ['circle', 'square'], True)
+    """
+    seed = check_seed(seed)
+    fractions = resolve_fractions(kw.pop("fractions", (0.7, 0.15, 0.15)))
+    splits = ("all", *fractions)
+    if split not in splits:
+        raise ViscopeError(
+            f"Unknown split {split!r}.{suggest(str(split), splits)} "
+            f"Expected one of: {', '.join(splits)}."
+        )
+    dataset = _build(name_or_path, size=size, n=n, seed=seed, **kw)
+    if split == "all":
+        return dataset
+    parts = split_indices(dataset, fractions, seed)
+    return _subset_of_subset(dataset, parts[split], split, seed, fractions)
+
+
+def _build(
+    name_or_path: str | PathLike[str], size: Any, n: int | None, seed: int, **kw: Any
+) -> VisionDataset:
+    if isinstance(name_or_path, str) and name_or_path in DATASETS:
+        factory = DATASETS.get(name_or_path)
+        return _call(factory, name_or_path, {"size": size, "n": n, "seed": seed}, kw)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        dataset: VisionDataset = _call(ImageFolder, str(path), {"root": path, "size": size}, kw)
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        dataset = _call(CSVDataset, str(path), {"csv_path": path, "size": size}, kw)
+    elif path.exists():
+        raise ViscopeError(
+            f"Expected a dataset name, a folder of images or a .csv file; got the file "
+            f"'{path}'. Point to the folder that holds one sub-folder per class instead."
+        )
+    else:
+        names = ", ".join(list_datasets())
+        raise ViscopeError(
+            f"Unknown dataset '{name_or_path}': not a built-in dataset ({names}) and no such "
+            f"folder/CSV file.{suggest(str(name_or_path), list_datasets())} Use a built-in "
+            "name, a folder laid out as root/<class>/<image>, or a CSV file with the header "
+            "path,label[,mask_path]."
+        )
+    if n is not None:
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(dataset):
+            raise ViscopeError(
+                f"Expected n between 1 and {len(dataset)} (the items in '{path}'); got {n!r}."
+            )
+        keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+        dataset = SubsetDataset(dataset, keep, name="subset", seed=seed)
+    return dataset
+
+
+def _call(
+    factory: Callable[..., VisionDataset], label: str, fixed: dict[str, Any], kw: dict[str, Any]
+) -> VisionDataset:
+    """Call ``factory(**fixed, **kw)`` after checking ``kw`` against its signature (a clear
+    error, not a TypeError, for an option the dataset does not take)."""
+    params = inspect.signature(factory).parameters
+    unknown = [k for k in kw if k not in params or k in fixed]
+    if unknown:
+        accepted = [p for p in params if p not in fixed]
+        raise ViscopeError(
+            f"Dataset '{label}' does not take the option(s) {', '.join(unknown)} here. "
+            f"It takes: {', '.join(accepted) or 'no options'}."
+        )
+    return factory(**fixed, **kw)
+
+
+def _subset_of_subset(
+    dataset: VisionDataset,
+    indices: np.ndarray,
+    split: str,
+    seed: int,
+    fractions: Mapping[str, float],
+) -> SubsetDataset:
+    """A split of ``dataset``; if that is itself a subset, index its base dataset directly."""
+    if isinstance(dataset, SubsetDataset):
+        return SubsetDataset(
+            dataset.dataset, dataset.indices[indices], split, seed, dict(fractions)
+        )
+    return SubsetDataset(dataset, indices, split, seed, dict(fractions))

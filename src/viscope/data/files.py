@@ -1,0 +1,153 @@
+"""Reading a user's image and mask files: sizes, resizing, and unreadable files."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from viscope.errors import ViscopeError
+
+#: File name endings (lower case) treated as images.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_SKIP_HINT = "Fix or remove the file, or pass skip_corrupt=True to skip unreadable files."
+_SHOW = 5  # how many file names an error or warning lists
+
+Size = tuple[int, int]
+
+
+def resolve_size(size: int | Sequence[int] | None) -> Size | None:
+    """Turn ``size`` (an int side, ``(height, width)`` or ``None``) into ``(height, width)``.
+
+    Raises:
+        ViscopeError: ``size`` is not a positive int, a pair of them, or ``None``.
+    """
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return (size, size)
+    if (
+        isinstance(size, Sequence)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        return (int(size[0]), int(size[1]))
+    raise ViscopeError(
+        f"Expected image size as a positive int, (height, width) or None (keep each image's "
+        f"own size); got {size!r}."
+    )
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` names a visible file with an image extension."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def readable(path: Path) -> bool:
+    """Cheap check that ``path`` is an image PIL can parse (``Image.verify``, no decoding)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except _READ_ERRORS:
+        return False
+    return True
+
+
+def drop_unreadable(paths: Sequence[Path], what: str) -> tuple[list[bool], list[str]]:
+    """Check every file; warn once about the unreadable ones.
+
+    Args:
+        paths: Files to check.
+        what: Where they come from, for the warning (``"image folder 'x'"``).
+
+    Returns:
+        ``(keep, skipped)``: one flag per path, and the unreadable paths as strings.
+    """
+    keep = [readable(p) for p in paths]
+    skipped = [str(p) for p, ok in zip(paths, keep, strict=True) if not ok]
+    if skipped:
+        more = f" and {len(skipped) - _SHOW} more" if len(skipped) > _SHOW else ""
+        warnings.warn(
+            f"Skipped {len(skipped)} unreadable image file(s) of {len(paths)} in {what}: "
+            f"{', '.join(skipped[:_SHOW])}{more}. The dataset's .skipped lists them all.",
+            stacklevel=3,
+        )
+    return keep, skipped
+
+
+def header_size(path: Path) -> Size:
+    """``(height, width)`` of an image from its header (the pixels are not decoded).
+
+    Raises:
+        ViscopeError: The file cannot be read; the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except _READ_ERRORS as err:
+        raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
+    return (height, width)
+
+
+def check_same_size(paths: Sequence[Path], what: str) -> None:
+    """Raise unless all images share one size (needed when ``size=None``).
+
+    Raises:
+        ViscopeError: Two sizes differ; the message names one file of each.
+    """
+    first: tuple[Size, Path] | None = None
+    for path in paths:
+        hw = header_size(path)
+        if first is None:
+            first = (hw, path)
+        elif hw != first[0]:
+            raise ViscopeError(
+                f"Expected all images in {what} to share one size when size=None; got "
+                f"{first[0][0]}x{first[0][1]} ('{first[1]}') and {hw[0]}x{hw[1]} ('{path}'). "
+                "Pass size=<int> or size=(height, width) to resize them."
+            )
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except _READ_ERRORS as err:
+        raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
+
+
+def load_rgb(path: Path, size: Size | None) -> torch.Tensor:
+    """Read an image as RGB float32 (3, H, W) in [0, 1], resized (bilinear) to ``size``.
+
+    Raises:
+        ViscopeError: The file cannot be decoded; the message names it and the way to skip.
+    """
+    im = _open(path, "RGB")
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_mask(path: Path, size: Size | None) -> torch.Tensor:
+    """Read a mask as float32 (1, H, W) in {0, 1}, resized (nearest) to ``size``.
+
+    The mask is read as greyscale and thresholded at half its range: values of 0..255
+    are scaled to [0, 1] first, while an image whose values are all 0 or 1 (a label map
+    saved as 8 bits) is used as is.
+
+    Raises:
+        ViscopeError: The file cannot be decoded; the message names it.
+    """
+    im = _open(path, "L")
+    if size is not None and im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.Resampling.NEAREST)
+    arr = np.asarray(im, dtype=np.float32)
+    if arr.max(initial=0.0) > 1.0:
+        arr = arr / 255.0
+    return torch.from_numpy((arr >= 0.5).astype(np.float32))[None]
