@@ -1,0 +1,262 @@
+"""``create``: one factory for timm, torchvision and FasterViT models and checkpoints."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import timm
+from torch import nn
+
+from viscope.errors import ViscopeError, suggest
+from viscope.models.checkpoint import (
+    extract_state_dict,
+    is_checkpoint_path,
+    load_weights,
+    read_checkpoint,
+)
+from viscope.models.fastervit_models import create_fastervit, fastervit_names, is_fastervit_name
+from viscope.models.wrapper import ModelSpec, NormalizeArg, Normalized, resolve_normalize, unwrap
+from viscope.registry import Registry
+
+TORCHVISION_PREFIX = "torchvision:"
+
+#: A short list of models that work offline with random weights (``viscope list models``);
+#: ``create`` accepts any timm name besides.
+MODELS: Registry[str] = Registry("model")
+for _name, _about in [
+    ("test_vit", "timm: a tiny ViT (use img_size=32 for 32 px images)"),
+    ("test_efficientnet", "timm: a tiny EfficientNet"),
+    ("resnet18", "timm: ResNet-18"),
+    ("vit_tiny_patch16_224", "timm: ViT-Ti/16 (img_size=32, patch_size=4 for 32 px images)"),
+    ("efficientnet_b0", "timm: EfficientNet-B0"),
+    ("fastervit_tiny", "fastervit: a small FasterViT for 32 px images, with carrier tokens"),
+    ("fastervit_0", "fastervit: FasterViT-0 (224 px)"),
+    ("torchvision:resnet18", "torchvision: ResNet-18"),
+]:
+    MODELS.register(_name, _about)
+
+
+def list_models() -> list[str]:
+    """The curated model names shown by ``viscope list models``.
+
+    Returns:
+        Names that ``create`` builds offline with random weights.
+
+    Example:
+        >>> "resnet18" in list_models()
+        True
+    """
+    return MODELS.names()
+
+
+def create(
+    name: str | os.PathLike[str],
+    *,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    in_chans: int = 3,
+    normalize: NormalizeArg = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> Normalized:
+    """Make a model whose input is images in [0, 1]; it normalises them itself.
+
+    Args:
+        name: a timm model name (``"resnet18"``, ``"test_vit"``, ``"hf-hub:..."``), a
+            torchvision one as ``"torchvision:resnet18"``, a FasterViT one
+            (``"fastervit_0"`` ... ``"fastervit_6"``, ``"fastervit_tiny"``), or the path
+            of a checkpoint written by :func:`save_checkpoint`.
+        num_classes: classifier outputs (``None``: the model's default).
+        pretrained: load published weights (needs the internet the first time).
+        in_chans: input channels.
+        normalize: ``"auto"`` (the model's own mean/std from timm's ``pretrained_cfg``,
+            else ImageNet; for a checkpoint path, the one saved with it), ``"imagenet"``,
+            ``None`` (no normalisation) or ``(mean, std)``.
+        checkpoint: a state-dict file (timm, torch, Lightning or viscope) to load into
+            the model, strictly.
+        **kwargs: passed to the model's constructor (``img_size=32``, ``patch_size=4``,
+            ``drop_path_rate=0.1``, ``resolution=64`` ...); for a checkpoint path they
+            override the saved ones.
+
+    Returns:
+        A :class:`Normalized` wrapper; ``unwrap(model)`` is the network, whose module
+        names are the layer names, and ``model.viscope_spec`` records how it was made.
+
+    Raises:
+        ViscopeError: an unknown name (with close matches), a missing or unreadable
+            checkpoint, weights that do not match, or arguments the model refuses.
+
+    Example:
+        >>> import torch
+        >>> model = create("test_vit", img_size=32, num_classes=3)
+        >>> model(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3])
+    """
+    if not isinstance(name, str | os.PathLike):
+        raise ViscopeError(
+            f"Expected a model name or a checkpoint path; got {name!r} of type "
+            f"{type(name).__name__}."
+        )
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ViscopeError(f"Expected in_chans to be a positive int; got {in_chans!r}.")
+    if is_checkpoint_path(name):
+        return _create_from_file(
+            name, num_classes, pretrained, in_chans, normalize, checkpoint, kwargs
+        )
+    net = build_network(
+        name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
+    )
+    if checkpoint is not None:
+        data = read_checkpoint(checkpoint)
+        load_weights(net, extract_state_dict(data), repr(str(checkpoint)))
+    mean_std = resolve_normalize(normalize, net, in_chans)
+    record = dict(kwargs)
+    if num_classes is not None:
+        record["num_classes"] = num_classes
+    if in_chans != 3:
+        record["in_chans"] = in_chans
+    spec = ModelSpec(name=name, kwargs=record, normalize=mean_std)
+    mean, std = mean_std if mean_std is not None else (None, None)
+    return Normalized(net, mean, std, spec=spec, channels=in_chans)
+
+
+def build_network(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    pretrained: bool = False,
+    in_chans: int = 3,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the bare network for ``name`` (no normalisation wrapper).
+
+    Args:
+        name: as for :func:`create` (not a path).
+        num_classes: classifier outputs (``None``: the default).
+        pretrained: load published weights.
+        in_chans: input channels.
+        **kwargs: passed to the constructor.
+
+    Returns:
+        The network.
+
+    Raises:
+        ViscopeError: an unknown name or arguments the constructor refuses.
+    """
+    if name.startswith(TORCHVISION_PREFIX):
+        return _create_torchvision(
+            name[len(TORCHVISION_PREFIX) :], num_classes, pretrained, in_chans, kwargs
+        )
+    if is_fastervit_name(name):
+        return create_fastervit(
+            name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
+        )
+    if not (name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name)):
+        choices = timm.list_models() + fastervit_names() + _torchvision_names(prefixed=True)
+        raise ViscopeError(
+            f"Unknown model {name!r}.{suggest(name, choices)} Expected a timm name "
+            "(timm.list_models()), 'torchvision:<name>', 'fastervit_0'..'fastervit_6', "
+            "'fastervit_tiny', or a checkpoint path; `viscope list models` shows a few."
+        )
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **kwargs)
+    except TypeError as err:
+        raise ViscopeError(
+            f"Expected keyword arguments that timm model {name!r} accepts; got "
+            f"{sorted(kwargs)} ({err})."
+        ) from None
+
+
+def _create_from_file(
+    path: str | os.PathLike[str],
+    num_classes: int | None,
+    pretrained: bool,
+    in_chans: int,
+    normalize: NormalizeArg,
+    checkpoint: object,
+    kwargs: dict[str, Any],
+) -> Normalized:
+    if pretrained or checkpoint is not None:
+        raise ViscopeError(
+            f"Expected create({str(path)!r}) without pretrained=True or checkpoint=: the "
+            "file holds the weights. Pass a model name to combine those."
+        )
+    data = read_checkpoint(path)
+    if not isinstance(data.get("viscope_model"), str):
+        raise ViscopeError(
+            f"Expected a viscope checkpoint (written by save_checkpoint, with a "
+            f"'viscope_model' entry) in {str(path)!r}; got a file with keys "
+            f"{sorted(map(str, data))[:6]}. For a plain state dict pass the model name: "
+            f"create('resnet18', checkpoint={str(path)!r})."
+        )
+    build = dict(data.get("kwargs") or {})
+    build.update(kwargs)
+    if num_classes is not None:
+        build["num_classes"] = num_classes
+    if in_chans != 3:
+        build["in_chans"] = in_chans
+    if isinstance(normalize, str) and normalize == "auto":
+        normalize = data.get("normalize")
+    model = create(data["viscope_model"], normalize=normalize, **build)
+    load_weights(unwrap(model), extract_state_dict(data), repr(str(path)))
+    return model
+
+
+def _torchvision_names(prefixed: bool = False) -> list[str]:
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [TORCHVISION_PREFIX + n for n in names] if prefixed else names
+
+
+def _create_torchvision(
+    arch: str, num_classes: int | None, pretrained: bool, in_chans: int, kwargs: dict[str, Any]
+) -> nn.Module:
+    import torchvision
+
+    names = _torchvision_names()
+    if arch not in names:
+        raise ViscopeError(
+            f"Unknown torchvision model {arch!r}.{suggest(arch, names)} Expected one of "
+            "torchvision.models.list_models(module=torchvision.models), written "
+            "'torchvision:<name>'."
+        )
+    if in_chans != 3:
+        raise ViscopeError(
+            f"Expected in_chans=3 for torchvision models; got in_chans={in_chans}. Use a "
+            "timm model (e.g. 'resnet18') for other channel counts."
+        )
+    try:
+        if pretrained:
+            net = torchvision.models.get_model(arch, weights="DEFAULT", **kwargs)
+            if num_classes is not None:
+                _replace_head(net, num_classes)
+        else:
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            net = torchvision.models.get_model(arch, weights=None, **kwargs)
+    except TypeError as err:
+        raise ViscopeError(
+            f"Expected keyword arguments that torchvision model {arch!r} accepts; got "
+            f"{sorted(kwargs)} ({err})."
+        ) from None
+    return net
+
+
+def _replace_head(net: nn.Module, num_classes: int) -> None:
+    """Give a pretrained torchvision classifier a new last linear layer."""
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ViscopeError(
+            f"Expected a linear classifier head in {type(net).__name__} to resize to "
+            f"num_classes={num_classes}; found none. Leave num_classes=None."
+        )
+    name, old = linears[-1]
+    if old.out_features == num_classes:
+        return
+    parent_name, _, child = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, child, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))

@@ -1,0 +1,216 @@
+"""create(): every family builds offline, runs on 32 px images and normalises its input."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from viscope.errors import ViscopeError
+from viscope.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    Normalized,
+    create,
+    list_models,
+    spec_of,
+    unwrap,
+)
+
+SMALL: list[tuple[str, dict[str, Any]]] = [
+    ("test_vit", {"img_size": 32}),
+    ("test_efficientnet", {}),
+    ("torchvision:resnet18", {}),
+    ("fastervit_tiny", {}),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}),
+]
+
+
+def _by_hand(model: Normalized, x: torch.Tensor, mean: Any, std: Any) -> torch.Tensor:
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return model.net((x - mean_t) / std_t)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), SMALL, ids=[n for n, _ in SMALL])
+def test_forward_gives_logits_of_normalised_input(
+    name: str, kwargs: dict[str, Any], device: torch.device
+) -> None:
+    model = create(name, num_classes=7, **kwargs).to(device).eval()
+    x = torch.rand(2, 3, 32, 32, device=device)
+    with torch.no_grad():
+        y = model(x)
+        cfg = getattr(model.net, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+        expected = _by_hand(model, x, mean, std)
+        raw = model.net(x)
+    assert y.shape == (2, 7)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, expected)
+    assert not torch.allclose(y, raw, atol=1e-4), "the wrapper must normalise its input"
+
+
+def test_auto_normalisation_uses_the_model_cfg() -> None:
+    vit = create("test_vit", img_size=32)  # timm's cfg: mean = std = 0.5
+    assert vit.viscope_spec.normalize == ((0.5,) * 3, (0.5,) * 3)
+    assert create("torchvision:resnet18").viscope_spec.normalize == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_normalize_options(device: torch.device) -> None:
+    x = torch.rand(2, 3, 32, 32, device=device)
+    none = create("test_vit", img_size=32, normalize=None).to(device).eval()
+    custom = create("test_vit", img_size=32, normalize=([0.1, 0.2, 0.3], [0.5, 0.5, 0.25]))
+    custom.to(device).eval()
+    custom.load_state_dict(none.state_dict())
+    imagenet = create("test_vit", img_size=32, normalize="imagenet")
+    assert imagenet.viscope_spec.normalize == (IMAGENET_MEAN, IMAGENET_STD)
+    with torch.no_grad():
+        torch.testing.assert_close(none(x), none.net(x))
+        torch.testing.assert_close(custom(x), _by_hand(none, x, (0.1, 0.2, 0.3), (0.5, 0.5, 0.25)))
+
+
+@pytest.mark.parametrize("bad", ["imagenett", ([0.5] * 2, [0.5] * 2), ([0.5] * 3, [0.0] * 3), 3.0])
+def test_bad_normalize_is_refused(bad: Any) -> None:
+    with pytest.raises(ViscopeError, match="Expected"):
+        create("test_vit", img_size=32, normalize=bad)
+
+
+def test_one_channel_model_averages_the_imagenet_stats() -> None:
+    model = create("resnet18", in_chans=1, num_classes=2).eval()
+    mean, std = model.viscope_spec.normalize
+    assert mean == pytest.approx((sum(IMAGENET_MEAN) / 3,))
+    assert std == pytest.approx((sum(IMAGENET_STD) / 3,))
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+    with pytest.raises(ViscopeError, match=r"\(B, 1, H, W\)"):
+        model(torch.rand(2, 3, 32, 32))
+
+
+def test_spec_records_how_to_rebuild() -> None:
+    model = create("vit_tiny_patch16_224", num_classes=4, img_size=32, patch_size=4)
+    assert spec_of(model) == ModelSpec(
+        name="vit_tiny_patch16_224",
+        kwargs={"img_size": 32, "patch_size": 4, "num_classes": 4},
+        normalize=model.viscope_spec.normalize,
+    )
+    assert spec_of(nn.DataParallel(model)) is model.viscope_spec
+    assert spec_of(nn.Linear(2, 2)) is None
+
+
+def test_unwrap_and_vit_passthroughs() -> None:
+    model = create("vit_tiny_patch16_224", img_size=32, patch_size=4)
+    net = unwrap(model)
+    assert net is model.net and unwrap(net) is net
+    assert unwrap(nn.DataParallel(model)) is net
+    assert model.num_prefix_tokens == net.num_prefix_tokens == 1
+    assert model.grid_size == (8, 8)
+    assert model.patch_size == (4, 4)
+    assert not hasattr(create("test_efficientnet"), "grid_size")
+    # Layer names are the network's: no "net." prefix.
+    assert "blocks.0" in dict(net.named_modules())
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(ViscopeError, match=r"Unknown model 'resnt18'.*Did you mean.*'resnet18'"):
+        create("resnt18")
+    with pytest.raises(ViscopeError, match=r"Unknown torchvision model 'resnt18'.*'resnet18'"):
+        create("torchvision:resnt18")
+
+
+def test_wrong_kwargs_are_user_errors() -> None:
+    with pytest.raises(ViscopeError, match="accepts.*colour"):
+        create("resnet18", colour="red")
+    with pytest.raises(ViscopeError, match="accepts.*colour"):
+        create("torchvision:resnet18", colour="red")
+    with pytest.raises(ViscopeError, match="in_chans=3"):
+        create("torchvision:resnet18", in_chans=1)
+    with pytest.raises(ViscopeError, match="positive int"):
+        create("resnet18", in_chans=0)
+
+
+def test_fastervit_tiny_runs_at_32_and_64_px_with_carrier_tokens(device: torch.device) -> None:
+    for res in (32, 64):
+        model = create("fastervit_tiny", num_classes=5, resolution=res).to(device).eval()
+        net = unwrap(model)
+        level = net.levels[2]
+        assert level.do_gt, "level 2 must make carrier tokens"
+        assert all(block.sr_ratio > 1 for block in level.blocks), "hierarchical attention on"
+        x = torch.rand(2, 3, res, res, device=device)
+        with torch.no_grad():
+            y = model(x)
+        assert y.shape == (2, 5) and torch.isfinite(y).all()
+
+
+def test_fastervit_tiny_is_fast_on_cpu() -> None:
+    model = create("fastervit_tiny", num_classes=10).eval()
+    x = torch.rand(2, 3, 32, 32)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(5):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    assert min(times) < 0.2  # the minimum: robust to a busy machine
+
+
+def test_fastervit_tiny_refuses_what_it_cannot_do() -> None:
+    with pytest.raises(ViscopeError, match="multiple of 32"):
+        create("fastervit_tiny", resolution=48)
+    with pytest.raises(ViscopeError, match="pretrained=False"):
+        create("fastervit_tiny", pretrained=True)
+
+
+def test_fastervit_0_maps_to_the_package_model() -> None:
+    net = unwrap(create("fastervit_0", num_classes=3))
+    assert type(net).__name__ == "FasterViT"
+    assert [len(level.blocks) for level in net.levels] == [2, 3, 6, 5]  # faster_vit_0_224
+    assert net.head.out_features == 3
+
+
+def test_missing_fastervit_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes the import fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "fastervit.models.faster_vit", None)
+    with pytest.raises(ViscopeError, match=r"pip install 'viscope\[fastervit\]'"):
+        create("fastervit_tiny")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_curated_models_build_offline(name: str) -> None:
+    model = create(name, num_classes=3)
+    assert isinstance(model, Normalized)
+    assert unwrap(model) is model.net
+
+
+def test_pretrained_is_passed_through_and_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+    import torchvision
+
+    seen: list[dict[str, Any]] = []
+
+    def fake_timm(name: str, **kwargs: Any) -> nn.Module:
+        seen.append({"name": name, **kwargs})
+        return nn.Conv2d(kwargs["in_chans"], 2, 1)
+
+    def fake_torchvision(name: str, **kwargs: Any) -> nn.Module:
+        seen.append({"name": name, **kwargs})
+        return nn.Sequential(nn.Flatten(), nn.Linear(3, 1000))
+
+    monkeypatch.setattr(timm, "create_model", fake_timm)
+    monkeypatch.setattr(torchvision.models, "get_model", fake_torchvision)
+    create("resnet18")
+    create("resnet18", pretrained=True, num_classes=4, drop_rate=0.1)
+    create("torchvision:resnet18")
+    head = unwrap(create("torchvision:resnet18", pretrained=True, num_classes=4))[1]
+    assert seen == [
+        {"name": "resnet18", "pretrained": False, "in_chans": 3},
+        {"name": "resnet18", "pretrained": True, "in_chans": 3, "num_classes": 4, "drop_rate": 0.1},
+        {"name": "resnet18", "weights": None},
+        {"name": "resnet18", "weights": "DEFAULT"},
+    ]
+    # Pretrained torchvision weights keep their 1000-class head; a new one is fitted.
+    assert head.out_features == 4 and head.in_features == 3

@@ -1,0 +1,216 @@
+"""Layer discovery: names, shapes, call counts, glob selection and default layer sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from viscope.errors import ViscopeError
+from viscope.models import (
+    create,
+    default_input_size,
+    default_layers,
+    layers,
+    match_layer,
+    select_layers,
+    unwrap,
+    windowed_modules,
+)
+
+FAMILIES: list[tuple[str, dict[str, Any], str]] = [
+    ("test_vit", {"img_size": 32}, "blocks.*"),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, "blocks.*"),
+    ("test_efficientnet", {}, "blocks.*.*"),
+    ("efficientnet_b0", {}, "blocks.*.*"),
+    ("resnet18", {}, "layer*.*"),
+    ("torchvision:resnet18", {}, "layer*.*"),
+    ("test_convnext", {}, "stages.*.blocks.*"),
+    ("fastervit_tiny", {}, "patch_embed|levels.*"),
+    ("test_byobnet", {}, "feature_info"),
+]
+
+
+@pytest.fixture(scope="module")
+def vit() -> nn.Module:
+    return create("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern", "expected"),
+    [
+        ("blocks.0", "blocks.*", True),
+        ("blocks.0.attn", "blocks.*", False),
+        ("blocks", "blocks.*", False),
+        ("blocks.0.attn", "blocks.**", True),
+        ("blocks.0.attn.qkv", "**.qkv", True),
+        ("qkv", "**.qkv", True),
+        ("layer1.0", "layer*.*", True),
+        ("layer1.0.conv1", "layer*.*", False),
+        ("stages.1.blocks.2", "stages.*.blocks.*", True),
+        ("blocks.10", "blocks.[0-9]", False),
+        ("layer4.1.bn2", "layer4.1.bn2", True),
+    ],
+)
+def test_match_layer(name: str, pattern: str, expected: bool) -> None:
+    assert match_layer(name, pattern) is expected
+
+
+def test_select_layers_star_does_not_cross_dots(vit: nn.Module) -> None:
+    assert select_layers(vit, "blocks.*") == [f"blocks.{i}" for i in range(12)]
+    # Network order, each once, however the patterns are ordered or overlap.
+    picked = select_layers(vit, ["norm", "blocks.1*", "blocks.1", "patch_embed"])
+    assert picked == ["patch_embed", "blocks.1", "blocks.10", "blocks.11", "norm"]
+    assert select_layers(vit, None) == select_layers(vit, "default") == default_layers(vit)
+    assert select_layers(vit, ["default", "head"])[-1] == "head"
+
+
+def test_select_layers_no_match_explains(vit: nn.Module) -> None:
+    with pytest.raises(ViscopeError) as err:
+        select_layers(vit, ["blocks.*", "block.*"])
+    message = str(err.value)
+    assert message.startswith(
+        "Expected layer pattern to match a module of VisionTransformer; got 'block.*'."
+    )
+    assert "Layers look like: blocks.0, blocks.1, blocks.2, ..." in message
+    assert "--model vit_tiny_patch16_224" in message
+
+
+def test_vit_token_shapes_and_forward_order(vit: nn.Module) -> None:
+    info = {i.name: i for i in layers(vit)}
+    net = unwrap(vit)
+    rows, cols = net.patch_embed.grid_size
+    tokens = net.num_prefix_tokens + rows * cols
+    assert (rows, cols) == (8, 8) and tokens == 65
+    for i in range(12):
+        assert info[f"blocks.{i}"].output_shape == (tokens, 192)
+        assert info[f"blocks.{i}"].per_sample and info[f"blocks.{i}"].calls == 1
+    assert info["head"].output_shape == (3,)
+    assert info["blocks.0.mlp.fc1"].output_shape == (tokens, 4 * 192)
+    order = [i.name for i in layers(vit)]
+    assert order.index("patch_embed") < order.index("blocks.0") < order.index("blocks.0.attn")
+    assert order.index("blocks.0.attn") < order.index("blocks.1") < order.index("head")
+
+
+class _Unused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = nn.Conv2d(2, 2, 1)
+        self.unused = nn.Linear(2, 2)
+        self.early = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.late(self.early(x))
+
+
+def test_call_order_counts_and_unused_modules() -> None:
+    info = {i.name: i for i in layers(create("torchvision:resnet18"), (3, 32, 32))}
+    # torchvision's BasicBlock applies its one ReLU module twice.
+    assert info["layer1.0.relu"].calls == 2
+    assert info["layer1.0.conv1"].calls == 1
+    assert info["layer2.0.downsample"].output_shape == (128, 4, 4)
+    order = layers(_Unused(), (3, 4, 4))
+    assert [i.name for i in order] == ["early", "late", "unused"]
+    assert order[-1].calls == 0 and order[-1].output_shape is None
+    assert not order[-1].per_sample
+
+
+def _all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_layers_leaves_no_trace(train: bool) -> None:
+    model = create("resnet18", num_classes=3)
+    model.train(train)
+    model.net.layer2.eval()  # a mixed mode must come back as it was
+    modes = {n: m.training for n, m in model.named_modules()}
+    before = _snapshot(model)
+    layers(model, (3, 32, 32))
+    assert _all_hooks(model) == 0
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    after = _snapshot(model)  # BatchNorm running stats included
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_failing_dry_run_is_a_user_error_and_leaves_no_trace() -> None:
+    model = create("fastervit_tiny").train()
+    with pytest.raises(ViscopeError, match=r"FasterViT to accept images of size \(3, 48, 48\)"):
+        layers(model, (3, 48, 48))
+    assert _all_hooks(model) == 0 and model.training
+    with pytest.raises(ViscopeError, match=r"Expected images \(B, 3, H, W\)"):
+        layers(model, (1, 32, 32))
+    assert _all_hooks(model) == 0 and model.training
+
+
+def test_default_input_size() -> None:
+    assert default_input_size(create("test_vit", img_size=32)) == (3, 32, 32)
+    assert default_input_size(create("fastervit_tiny", resolution=64)) == (3, 64, 64)
+    assert default_input_size(create("resnet18", in_chans=1)) == (1, 224, 224)
+    assert default_input_size(nn.Sequential(nn.Conv2d(5, 2, 1))) == (5, 224, 224)
+
+
+def _capture(model: nn.Module, names: list[str], size: tuple[int, ...], batch: int) -> dict:
+    modules = dict(unwrap(model).named_modules())
+    out: dict[str, Any] = {}
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: out.setdefault(n, o)) for n in names
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.rand(batch, *size))
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@pytest.mark.parametrize(("name", "kwargs", "family"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_default_layers_are_per_sample(name: str, kwargs: dict[str, Any], family: str) -> None:
+    model = create(name, num_classes=3, **kwargs)
+    size = (3, 32, 32)
+    defaults = default_layers(model, size)
+    assert len(defaults) >= 3
+    if family == "feature_info":
+        assert defaults == [f["module"] for f in unwrap(model).feature_info]
+    else:
+        assert (
+            defaults
+            == [n for n in select_layers(model, family.split("|")) if n in defaults]
+            == select_layers(model, family.split("|"))
+        )
+    outputs = _capture(model, defaults, size, batch=3)
+    for layer in defaults:
+        assert torch.is_tensor(outputs[layer]), layer
+        assert outputs[layer].shape[0] == 3, layer
+
+
+def test_fallback_keeps_only_per_sample_leaves() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 8, 8))  # materialise the lazy layer
+    assert default_layers(net, (3, 8, 8)) == ["0", "3"]
+
+
+def test_fastervit_windowed_modules_are_not_per_sample() -> None:
+    model = create("fastervit_tiny", num_classes=3)
+    info = {i.name: i for i in layers(model, (3, 32, 32))}
+    windowed = windowed_modules(unwrap(model))
+    assert {"levels.2.blocks.0", "levels.2.blocks.0.attn", "levels.3.blocks.0.mlp"} <= windowed
+    assert not any(n.startswith("levels.2.blocks.0.hat_") for n in windowed)
+    # 4 × 4 map in 2 × 2 windows: dim 0 = 2 samples × 4 windows; attention sees 4 + 1 tokens.
+    assert info["levels.2.blocks.0.attn"].output_shape == (5, 64)
+    assert not info["levels.2.blocks.0.attn"].per_sample
+    # A single window: dim 0 equals the batch, yet the output is windowed.
+    assert not info["levels.3.blocks.0.norm1"].per_sample
+    # Carrier tokens are per sample: 4 of them per image.
+    assert info["levels.2.blocks.0.hat_attn"].output_shape == (4, 64)
+    assert info["levels.2.blocks.0.hat_attn"].per_sample
+    # Blocks return tuples; levels return feature maps.
+    assert not info["levels.0.blocks.0"].per_sample
+    assert info["levels.2"].output_shape == (128, 2, 2) and info["levels.2"].per_sample
