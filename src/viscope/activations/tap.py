@@ -69,6 +69,12 @@ def _net(model: nn.Module) -> nn.Module:
     return unwrap(model)
 
 
+def _windowed(net: nn.Module) -> set[str]:
+    from viscope.models import windowed_modules
+
+    return windowed_modules(net)
+
+
 class Tap:
     """Capture (or stream) the outputs of chosen layers, per sample.
 
@@ -109,6 +115,7 @@ class Tap:
         self._batch: int | None = None
         self._handles: list = []
         modules = dict(self.net.named_modules())
+        windowed = _windowed(self.net)
         self._specs: dict[str, list[_Spec]] = {}
         self.records: dict[str, LayerRecord] = {}
         for layer in layers:
@@ -118,6 +125,15 @@ class Tap:
                 raise ViscopeError(
                     f"Expected a module name of {type(self.net).__name__}; got {module_name!r}. "
                     f"Modules look like: {examples}, ... (see `viscope list layers`)."
+                )
+            if module_name in windowed:
+                parent = module_name.split(".blocks.")[0] if ".blocks." in module_name \
+                    else module_name.rsplit(".", 1)[0]
+                raise ViscopeError(
+                    f"Layer {layer!r} works on attention windows: its output's first dimension "
+                    f"is batch x windows, not the sample, so it cannot be measured per sample. "
+                    f"Measure a per-sample output instead, e.g. {parent!r} "
+                    f"(see `viscope list layers`)."
                 )
             rec = LayerRecord(layer, module_name, call)
             self.records[layer] = rec

@@ -119,6 +119,8 @@ def measure(
     if isinstance(dataset, str):
         dataset = vdata.create(dataset)
     spec = MEASURES.get(measure)
+    if isinstance(transform, (list, tuple)):
+        params = len(transform)  # a list of callables defines its own grid
     family = resolve_transform(transform, params, **(transform_kwargs or {}))
     if spec.equivariant and not getattr(family, "geometric", False):
         raise ViscopeError(

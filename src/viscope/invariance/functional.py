@@ -12,14 +12,19 @@ import math
 import torch
 from scipy import stats as _stats
 
-from viscope.invariance.stats import rounding_floor, safe_divide
+from viscope.invariance.stats import rounding_floor, safe_divide, working_precision
 
 
 def dispersion(x: torch.Tensor, dim: int, variance: bool = False) -> torch.Tensor:
-    """Std (or variance) with ddof 1 along ``dim``; 0 when there is a single value."""
+    """Std (or variance) with ddof 1 along ``dim``; 0 when there is a single value.
+
+    Computed in ``x``'s precision (float32 or float64) in one fused pass.
+    """
+    x = working_precision(x)
     if x.shape[dim] < 2:
         return torch.zeros_like(x.select(dim, 0))
-    v = rounding_floor(x.var(dim=dim, correction=1), x.mean(dim=dim))
+    v, mean = torch.var_mean(x, dim=dim, correction=1)
+    v = rounding_floor(v, mean, x.dtype)
     return v if variance else v.sqrt()
 
 
@@ -30,9 +35,8 @@ def nv(acts: torch.Tensor, variance: bool = False, spatial_dims: tuple[int, ...]
     >>> {k: v.item() for k, v in nv(a).items()}
     {'tv': 0.0, 'sv': 1.4142135623730951, 'nv': 0.0}
     """
-    x = acts.double()
-    tv = dispersion(x, 1, variance).mean(0)
-    sv = dispersion(x, 0, variance).mean(0)
+    tv = dispersion(acts, 1, variance).double().mean(0)
+    sv = dispersion(acts, 0, variance).double().mean(0)
     if spatial_dims:
         tv, sv = tv.mean(dim=spatial_dims), sv.mean(dim=spatial_dims)
     return {"tv": tv, "sv": sv, "nv": safe_divide(tv, sv)}

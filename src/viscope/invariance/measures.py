@@ -125,10 +125,9 @@ class NormalizedVariance(LayerState):
         self.tv_count = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def update(self, acts: torch.Tensor, stage: int = 0) -> None:
-        x = acts.double()
-        self.tv_sum += F.dispersion(x, dim=1, variance=self.options.variance).sum(0)
-        self.tv_count += x.shape[0]
-        self.samples.update(x)
+        self.tv_sum += F.dispersion(acts, dim=1, variance=self.options.variance).sum(0).double()
+        self.tv_count += acts.shape[0]
+        self.samples.update(acts)
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.tv_sum, self.tv_count, *self.samples.tensors()]

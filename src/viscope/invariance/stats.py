@@ -39,17 +39,20 @@ class Moments:
 
     @classmethod
     def of(cls, x: torch.Tensor, group_ndim: int = 0) -> Moments:
-        """One-shot moments of ``x`` (n, *group_shape, *unit_shape) along dim 0, in float64.
+        """One-shot moments of ``x`` (n, *group_shape, *unit_shape) along dim 0.
 
         ``group_ndim`` says how many axes after the first are groups (each with its own
-        count), the rest being units.
+        count), the rest being units. The batch's own mean and centred sum of squares are
+        computed in the activations' precision (float32 or float64; half precision is
+        upcast to float32) in one fused pass (``torch.var_mean``); the result, and every
+        merge after it, is float64.
         """
-        x = x.double()
-        mean = x.mean(0)
-        m2 = ((x - mean) ** 2).sum(0)
+        x = working_precision(x)
+        var, mean = torch.var_mean(x, dim=0, correction=0)
+        m2 = var * x.shape[0]
         count = torch.full(mean.shape[:group_ndim], float(x.shape[0]), dtype=torch.float64,
                            device=x.device)
-        return cls(count, mean, m2)
+        return cls(count, mean.double(), m2.double())
 
     def update(self, x: torch.Tensor) -> None:
         """Add observations ``x`` of shape (n, *group_shape, *unit_shape)."""
@@ -76,7 +79,7 @@ class Moments:
         shape = (*self.count.shape, *([1] * (self.mean.ndim - self.count.ndim)))
         denom = (self.count - ddof).reshape(shape)
         v = torch.where(denom > 0, self.m2 / denom.clamp_min(1.0), torch.zeros_like(self.m2))
-        return rounding_floor(v, self.mean)
+        return rounding_floor(v, self.mean, torch.float32)
 
     def std(self, ddof: int = 1) -> torch.Tensor:
         """Standard deviation with ``ddof``."""
@@ -87,13 +90,20 @@ class Moments:
         return [self.count, self.mean, self.m2]
 
 
-def rounding_floor(var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Zero the variances that are only float64 rounding noise around ``mean``.
+def working_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 or float64 (half precision and integers are upcast to float32)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
-    Merging the moments of a constant unit leaves M2 ~ (ulp of the mean)^2 instead of 0;
-    anything with std below 16 ulp of |mean| is treated as exactly constant.
+
+def rounding_floor(var: torch.Tensor, mean: torch.Tensor,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Zero the variances that are only rounding noise around ``mean``.
+
+    The moments of a constant unit give M2 ~ (ulp of the mean)^2 instead of 0 once means
+    are rounded; anything with std below 16 ulp (of ``dtype``) of |mean| is treated as
+    exactly constant, so that 0/0 and x/0 in the NV do not depend on batching.
     """
-    tol = (16 * torch.finfo(torch.float64).eps * mean.abs()) ** 2
+    tol = (16 * torch.finfo(dtype).eps * mean.abs()) ** 2
     return torch.where(var <= tol, torch.zeros_like(var), var)
 
 

@@ -1,0 +1,176 @@
+"""Cost of measuring NV against the plain forward passes it needs, and against tmeasures.
+
+For each model, in the same run and on the same N samples x M parameter values:
+
+* plain    — transform the images and run the forward passes, no hooks (the floor);
+* viscope  — ``viscope.invariance.measure(..., measure="nv")`` with the default layers;
+* tmeasures — ``NormalizedVarianceInvariance`` (1.2.11) with the same layers and the same
+  transformation callables (skipped with ``--no-tmeasures``, or on CUDA).
+
+Prints seconds, images/s and the ratios, and the state memory per measured unit.
+
+    python benchmarks/invariance_overhead.py                       # CPU, small CNN + ViT
+    python benchmarks/invariance_overhead.py --device cuda --models vit_base_patch16_224 \\
+        --image-size 224 --samples 2048 --params 16 --batch-size 512 --no-tmeasures
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from viscope import models as vmodels
+from viscope import transforms
+from viscope.invariance import measure
+from viscope.invariance.measures import NormalizedVariance
+
+SMALL = {
+    "resnet18": {},
+    "vit_tiny_patch16_224": {"img_size": 32, "patch_size": 4},
+}
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, x, labels=True):
+        self.x, self.labels = x, labels
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return (self.x[i], 0) if self.labels else self.x[i]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_plain(net, family, grid, images, batch, device):
+    m = grid.shape[0]
+    rows = max(1, batch // m)
+    sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(images), rows):
+            x = images[i:i + rows].to(device)
+            p = grid.repeat(x.shape[0], *([1] * (grid.ndim - 1)))
+            net(family.apply(x.repeat_interleave(m, 0), p))
+    sync(device)
+    return time.perf_counter() - t
+
+
+def time_viscope(net, family, images, params, batch, device):
+    sync(device)
+    t = time.perf_counter()
+    r = measure(net, Images(images), family, samples=len(images), params=params,
+                batch_size=batch, device=device)
+    sync(device)
+    return time.perf_counter() - t, r
+
+
+def time_tmeasures(net, family, grid, images, layers, batch):
+    from tmeasures import pytorch as tmp
+
+    class Acts(tmp.ActivationsModule):
+        def __init__(self):
+            super().__init__()
+            self.mods = dict(vmodels.unwrap(net).named_modules())
+
+        def activation_names(self):
+            return layers
+
+        def forward_activations(self, x):
+            out = {}
+            hs = [self.mods[n].register_forward_hook(
+                lambda m, i, o, n=n: out.__setitem__(n, o.detach())) for n in layers]
+            try:
+                net(x)
+            finally:
+                for h in hs:
+                    h.remove()
+            return [out[n] for n in layers]
+
+    class T(tmp.PyTorchTransformation):
+        def __init__(self, p):
+            super().__init__()
+            self.p = p
+
+        def __call__(self, x):
+            return family.apply(x.unsqueeze(0), self.p.unsqueeze(0))[0]
+
+        def parameters(self):
+            return self.p.reshape(-1)
+
+    class TS(tmp.PyTorchTransformationSet):
+        def id(self):
+            return family.name
+
+        def valid_input(self, shape):
+            return True
+
+        def copy(self):
+            return TS(list(self))
+
+    t = time.perf_counter()
+    tmp.NormalizedVarianceInvariance().eval(
+        Images(images, labels=False), TS([T(p) for p in grid]), Acts(),
+        tmp.PyTorchMeasureOptions(batch_size=batch, verbose=False, num_workers=0))
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default=",".join(SMALL))
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--params", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--transform", default="rotation")
+    ap.add_argument("--no-tmeasures", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many timings")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    family = transforms.create(args.transform)
+    grid = family.grid(args.params).to(device)
+    s = args.image_size
+    images = torch.rand(args.samples, 3, s, s)
+    n_img = args.samples * args.params
+    print(f"device={device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}"
+          f", {torch.get_num_threads()} threads), {args.samples} samples x {args.params} "
+          f"params = {n_img} images at {s}px, transform={args.transform}")
+    for name in args.models.split(","):
+        kwargs = SMALL.get(name, {}) if s == 32 else {}
+        net = vmodels.create(name, **kwargs).to(device).eval()
+        layers = vmodels.default_layers(net)
+        time_plain(net, family, grid, images[: max(1, args.batch_size // args.params)],
+                   args.batch_size, device)  # warm-up
+        plain = min(time_plain(net, family, grid, images, args.batch_size, device)
+                    for _ in range(args.repeats))
+        runs = [time_viscope(net, family, images, args.params, args.batch_size, device)
+                for _ in range(args.repeats)]
+        ours, result = min(runs, key=lambda r: r[0])
+        units = sum(int(torch.tensor(sh).prod()) for sh in result.shapes.values())
+        state = NormalizedVariance(args.params, (1,))
+        per_unit = sum(t.numel() * t.element_size() for t in state.tensors()) - 8 * (
+            args.params + 1)
+        print(f"\n{name}: {len(layers)} default layers ({layers[0]} ... {layers[-1]}), "
+              f"{units:,} units")
+        print(f"  plain forward passes : {plain:8.2f} s  {n_img / plain:9.0f} images/s")
+        print(f"  viscope NV           : {ours:8.2f} s  {n_img / ours:9.0f} images/s   "
+              f"ratio to plain {ours / plain:.2f}x (target <= 1.3x)")
+        print(f"  NV state             : {per_unit} bytes per unit = (2M+1) x 8, "
+              f"bound (2M+2) x 8 = {(2 * args.params + 2) * 8}; "
+              f"{units * per_unit / 2**20:.1f} MiB in all")
+        if not args.no_tmeasures and device.type == "cpu":
+            theirs = time_tmeasures(net, family, grid, images, layers, args.batch_size)
+            print(f"  tmeasures NV         : {theirs:8.2f} s  {n_img / theirs:9.0f} images/s   "
+                  f"viscope is {theirs / ours:.1f}x faster (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()

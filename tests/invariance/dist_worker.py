@@ -1,0 +1,45 @@
+"""Run by test_distributed.py under torchrun: measure NV sharded over the processes.
+
+Usage: torchrun --nproc_per_node N dist_worker.py OUT.npz MEASURE
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from viscope.invariance import measure
+
+
+def setup():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten()).double()
+    g = torch.Generator().manual_seed(1)
+    # float64 end to end, so that the comparison sees the merge, not float32 rounding of
+    # batch-level sums (which differ at ~1e-8 when shards hold different samples)
+    x = torch.rand(21, 3, 12, 12, generator=g, dtype=torch.float64)
+    ds = TensorDataset(x, torch.zeros(21))
+    return net, ds
+
+
+def run(name: str):
+    net, ds = setup()
+    r = measure(net, ds, "rotation", measure=name, samples=21, params=5,
+                layers=["0", "2", "4"], batch_size=10)
+    return {f"{layer}::{q}": v for layer in r.layers for q, v in r.values[layer].items()}
+
+
+if __name__ == "__main__":
+    out, name = sys.argv[1], sys.argv[2]
+    dist.init_process_group("gloo")
+    values = run(name)
+    if dist.get_rank() == 0:
+        np.savez(out, **values)
+    dist.barrier()  # no process tears gloo down while another still uses it
+    dist.destroy_process_group()
