@@ -205,12 +205,10 @@ def measure(
 
 
 def _model_name(model: nn.Module) -> str:
-    spec = getattr(model, "viscope_spec", None)
-    if isinstance(spec, dict) and spec.get("name"):
-        return str(spec["name"])
-    from viscope.models import unwrap
+    from viscope.models import spec_of, unwrap
 
-    return type(unwrap(model)).__name__
+    spec = spec_of(model)
+    return spec.name if spec is not None else type(unwrap(model)).__name__
 
 
 def _probe(model, family, grid, probe, names, tokens):

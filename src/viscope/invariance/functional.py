@@ -12,19 +12,24 @@ import math
 import torch
 from scipy import stats as _stats
 
-from viscope.invariance.stats import rounding_floor, safe_divide, working_precision
+from viscope.invariance.stats import (
+    centred_moments,
+    rounding_floor,
+    safe_divide,
+    working_precision,
+)
 
 
 def dispersion(x: torch.Tensor, dim: int, variance: bool = False) -> torch.Tensor:
     """Std (or variance) with ddof 1 along ``dim``; 0 when there is a single value.
 
-    Computed in ``x``'s precision (float32 or float64) in one fused pass.
+    Computed in ``x``'s precision (float32 or float64) by the two-pass formula.
     """
     x = working_precision(x)
     if x.shape[dim] < 2:
         return torch.zeros_like(x.select(dim, 0))
-    v, mean = torch.var_mean(x, dim=dim, correction=1)
-    v = rounding_floor(v, mean, x.dtype)
+    mean, m2 = centred_moments(x, dim)
+    v = rounding_floor(m2 / (x.shape[dim] - 1), mean, x.dtype)
     return v if variance else v.sqrt()
 
 

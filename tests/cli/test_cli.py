@@ -1,0 +1,82 @@
+"""The `viscope` command as a user runs it: listings, a run folder, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from viscope.cli import main
+from viscope.invariance import InvarianceResult
+
+
+def run(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("kind,expect", [
+    ("transforms", ["brightness", "perspective", "translation", "degrees", "identity"]),
+    ("measures", ["nv", "anova", "goodfellow"]),
+    ("datasets", ["shapes", "digits"]),
+    ("models", ["test_vit", "fastervit_tiny"]),
+])
+def test_list(kind, expect, capsys):
+    code, out, _ = run(["list", kind], capsys)
+    assert code == 0
+    for word in expect:
+        assert word in out
+
+
+def test_list_layers_marks_the_default_set(capsys):
+    code, out, _ = run(["list", "layers", "--model", "vit_tiny_patch16_224", "--model-arg",
+                        "img_size=32", "--model-arg", "patch_size=4"], capsys)
+    assert code == 0
+    assert "blocks.11" in out and "65×192" in out and "✓" in out
+
+
+def test_invariance_writes_a_complete_run_folder(tmp_path, capsys):
+    out_dir = tmp_path / "rot"
+    code, out, err = run(["invariance", "--model", "test_vit", "--model-arg", "img_size=32",
+                          "--dataset", "shapes", "--transform", "rotation", "--samples", "12",
+                          "--params", "4", "--layers", "blocks.*", "--measure", "nv",
+                          "--no-progress", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    for f in ("per_layer.csv", "per_unit.npz", "config.yaml", "environment.json", "nv.png",
+              "result.json"):
+        assert (out_dir / f).exists(), f
+    df = pd.read_csv(out_dir / "per_layer.csv")
+    assert list(df.columns[:5]) == ["layer", "depth", "tv", "sv", "nv"]
+    assert df["layer"].tolist() == [f"blocks.{i}" for i in range(len(df))]
+    cfg = yaml.safe_load((out_dir / "config.yaml").read_text())
+    assert cfg["transform"] == "rotation" and cfg["samples"] == 12
+    assert json.loads((out_dir / "environment.json").read_text())["torch"]
+    r = InvarianceResult.load(out_dir)
+    assert r.meta["model"] == "test_vit"
+    assert abs(r.average() - df["nv"].mean()) < 1e-12
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--transform", "rotate"], "Did you mean 'rotation'"),
+    (["--transform", "rotation", "--layers", "block.*"], "layer pattern"),
+    (["--transform", "rotation", "--dataset", "/no/such/folder"], "no such folder"),
+    (["--transform", "rotation", "--measure", "nvv"], "Unknown measure"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path):
+    cmd = [sys.executable, "-m", "viscope.cli", "invariance", "--model", "test_vit",
+           "--model-arg", "img_size=32", "--samples", "4", "--params", "2",
+           "--out", str(tmp_path / "x"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in proc.stderr
