@@ -198,6 +198,108 @@ def invariance(
                      f"{result.measure}.png)")
 
 
+def _config_path(config: str) -> Path:
+    """An existing path, else a config shipped with viscope (``matrix-demo``)."""
+    p = Path(config)
+    if p.exists():
+        return p
+    shipped = Path(__file__).parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
+    if shipped.exists():
+        return shipped
+    names = sorted(x.stem for x in (Path(__file__).parent / "configs").glob("*.yaml"))
+    raise ViscopeError(f"Config {config!r} is neither a file nor a shipped config "
+                       f"({', '.join(names)}).")
+
+
+def _run_matrix(config: str, out: Path, overrides: dict[str, Any], progress: bool) -> None:
+    from viscope.experiments import load_config, run_matrix
+
+    cfg = load_config(_config_path(config), overrides)
+    console = _console()
+    console.print(f"[bold]{cfg.name}[/]: {len(cfg.models)} model(s) × "
+                  f"{len(cfg.train_families)} training families × {len(cfg.eval_families)} "
+                  f"evaluation families → {out}/")
+    results = run_matrix(cfg, out, log=console.print, progress=progress)
+    for tag, r in results.items():
+        console.print(f"\n[bold]{tag}[/]: trained {r.trained}, measured {r.measured} new cells")
+        console.print(f"  invariance table: {r.folder / 'invariance.csv'} "
+                      f"(heatmap {r.folder / 'invariance.png'})")
+        console.print(f"  accuracy table:   {r.folder / 'accuracy.csv'} "
+                      f"(heatmap {r.folder / 'accuracy.png'})")
+        console.print(f"  summary:          {r.folder / 'summary.md'}")
+
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, KEY=VALUE (e.g. epochs=2; repeatable)."),
+]
+
+
+@app.command()
+def matrix(
+    config: Annotated[str, typer.Option(help="YAML file, or a shipped config name "
+                                             "(matrix-demo, matrix-fastervit)")],
+    out: Annotated[Path, typer.Option(help="run folder (re-running resumes it)")] = Path(
+        "runs/matrix"),
+    dataset_root: Annotated[
+        str | None, typer.Option(help="your dataset folder or CSV (replaces the config's "
+                                      "dataset)")] = None,
+    set_: Overrides = None,
+    progress: Annotated[bool, typer.Option(help="show training progress bars")] = False,
+) -> None:
+    """Train one model per augmentation family and measure each against every family."""
+    overrides = _parse_kv(set_, "--set")
+    if dataset_root is not None:
+        if not Path(dataset_root).exists():
+            raise ViscopeError(f"--dataset-root {dataset_root} does not exist; give a folder "
+                               f"in ImageFolder layout (root/<class>/<image>) or a CSV file.")
+        overrides["dataset"] = dataset_root
+    _run_matrix(config, out, overrides, progress)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    set_: Overrides = None,
+) -> None:
+    """The main job on built-in data: the 11 × 11 invariance matrix of two tiny models
+    (a few minutes on a laptop CPU). Re-running resumes and skips finished cells."""
+    _run_matrix("matrix-demo", out, _parse_kv(set_, "--set"), progress=False)
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="timm name, torchvision:NAME, fastervit_* or "
+                                            "checkpoint path")],
+    out: Annotated[Path, typer.Option(help="run folder")],
+    dataset: Annotated[str, typer.Option(help="built-in name, folder or CSV")] = "shapes",
+    augment: Annotated[str | None, typer.Option(help="augmentation family (default none)")]
+    = None,
+    epochs: Annotated[int, typer.Option()] = 5,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    image_size: Annotated[int, typer.Option()] = 32,
+    n: Annotated[int | None, typer.Option(help="items of a built-in dataset")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu, auto")] = "cpu",
+    devices: Annotated[int, typer.Option()] = 1,
+    precision: Annotated[str, typer.Option(help="32-true, bf16-mixed, 16-mixed")] = "32-true",
+    model_arg: ModelArg = None,
+) -> None:
+    """Train a classifier with an augmentation family; best checkpoint on validation."""
+    from viscope import data, models
+    from viscope.train import fit
+
+    splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0)
+              for s in ("train", "val", "test")}
+    net = models.create(model, num_classes=len(splits["train"].classes), **_parse_kv(model_arg))
+    res = fit(net, splits, augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
+              seed=seed, out=out, accelerator=accelerator, devices=devices,
+              precision=precision, progress=True)
+    _console().print(f"best val accuracy {res.best_val_acc:.3f}, test accuracy "
+                     f"{res.test_acc:.3f}; checkpoint {res.checkpoint}")
+
+
 def _save_plot(result, path: Path) -> None:
     import matplotlib
 

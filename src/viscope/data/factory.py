@@ -12,6 +12,7 @@ import numpy as np
 
 from viscope.data.base import SubsetDataset, VisionDataset, check_seed
 from viscope.data.digits import DigitsDataset
+from viscope.data.faces import FacesDataset
 from viscope.data.folder import ImageFolder
 from viscope.data.shapes import ShapesDataset
 from viscope.data.splits import SPLIT_NAMES, resolve_fractions, split_indices
@@ -23,6 +24,7 @@ from viscope.registry import Registry
 DATASETS: Registry[Callable[..., VisionDataset]] = Registry("dataset")
 DATASETS.register("shapes", ShapesDataset)
 DATASETS.register("digits", DigitsDataset)
+DATASETS.register("faces", FacesDataset)
 
 SPLITS = ("all", *SPLIT_NAMES)
 

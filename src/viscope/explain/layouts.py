@@ -1,0 +1,187 @@
+"""Which layer a CAM looks at, and how its output becomes a (B, C, h, w) grid.
+
+``layer="auto"`` picks, per family: a CNN's last stage (timm ``feature_info``'s last
+module, ``layer4`` for ResNets); for ViTs the last block's ``norm1`` (its patch tokens
+carry gradient, unlike the final block's output when the head reads only the class
+token); FasterViT's last level; Swin's last stage (NHWC).
+
+Token outputs (B, N, D) become grids from the model's own prefix-token count
+(class, distillation and register tokens) and patch grid; NHWC outputs are permuted.
+Nothing is reshaped by a hard-coded side length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from viscope.activations.tap import LayerRecord, Tap
+from viscope.errors import ViscopeError
+from viscope.models import unwrap
+from viscope.models.fastervit_models import is_fastervit
+
+
+def auto_layer(model: nn.Module) -> str:
+    """The layer ``layer="auto"`` explains for ``model``.
+
+    Args:
+        model: a model (wrapped or not).
+
+    Returns:
+        A module name of the network.
+
+    Example:
+        >>> from viscope.models import create
+        >>> auto_layer(create("resnet18")), auto_layer(create("test_vit", img_size=32))
+        ('layer4', 'blocks.1.norm1')
+    """
+    net = unwrap(model)
+    if is_fastervit(net):
+        return f"levels.{len(net.levels) - 1}"
+    blocks = getattr(net, "blocks", None)
+    if hasattr(net, "num_prefix_tokens") and isinstance(blocks, nn.Sequential | nn.ModuleList):
+        last = len(blocks) - 1
+        return f"blocks.{last}.norm1" if hasattr(blocks[last], "norm1") else f"blocks.{last}"
+    info = getattr(net, "feature_info", None)
+    if info is not None:
+        try:
+            names = [f["module"] for f in info] if isinstance(info, list) else info.module_name()
+            if names:
+                return str(names[-1])
+        except (TypeError, KeyError, AttributeError):
+            pass
+    if isinstance(getattr(net, "layer4", None), nn.Module):
+        return "layer4"
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ViscopeError(
+            f"Expected a convolutional or ViT network for layer='auto'; found no Conv2d in "
+            f"{type(net).__name__}. Pass layer= with a module name (see `viscope list layers`)."
+        )
+    return convs[-1]
+
+
+def suggest_layer(model: nn.Module, layer: str) -> str:
+    """A layer to try instead of ``layer`` when its map is empty."""
+    auto = auto_layer(model)
+    if auto != layer:
+        return f"try layer={auto!r}"
+    return "try an earlier block (see `viscope list layers`)"
+
+
+class LayerTap(Tap):
+    """Capture one layer for a CAM, for one call (use it as a context manager).
+
+    With ``grad=True`` the layer's output is replaced downstream by a clone of a leaf
+    that requires grad: the graph starts at the layer (``torch.autograd.grad`` reaches
+    no parameter), and in-place ops after the layer (``ReLU(inplace=True)``, ``+=``)
+    change the clone, never the stored activation. With ``grad=False`` the output is
+    cloned at hook time.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, *, grad: bool) -> None:
+        super().__init__(model, [layer], callback=self._keep)
+        self.layer = layer
+        self.grad = grad
+        self.activation: torch.Tensor | None = None
+        self._swap: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def record(self) -> LayerRecord:
+        """What the tap learnt about the layer (layout, prefix tokens, grid)."""
+        return self.records[self.layer]
+
+    def _keep(self, name: str, act: torch.Tensor) -> None:
+        if self.grad:
+            leaf = act.detach().requires_grad_(True)
+            self.activation = leaf
+            self._swap = (act, leaf.clone())
+        else:
+            self.activation = act.detach().clone()
+
+    def _make_hook(self, module_name: str):
+        base = super()._make_hook(module_name)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            self._swap = None
+            base(module, args, output)
+            if self._swap is None:
+                return None
+            old, new = self._swap
+            self._swap = None
+            return _replace(output, old, new)
+
+        return hook
+
+    def require(self) -> torch.Tensor:
+        """The captured activation; an error naming the layer when it did not run."""
+        if self.activation is None:
+            raise ViscopeError(
+                f"Layer {self.layer!r} did not run in the forward pass, so there is nothing to "
+                f"explain. Choose a layer that runs (see `viscope list layers`)."
+            )
+        return self.activation
+
+
+def _replace(output: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
+    if output is old:
+        return new
+    if isinstance(output, tuple | list):
+        return type(output)(new if o is old else o for o in output)
+    if isinstance(output, dict):
+        return {k: (new if v is old else v) for k, v in output.items()}
+    return None
+
+
+def to_grid(
+    tensor: torch.Tensor, record: LayerRecord, model: nn.Module, image_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Map a layer's per-sample output (or its gradient) to a (B, C, h, w) grid.
+
+    Args:
+        tensor: the activation or gradient, as the layer produced it.
+        record: the tap's record of the layer (layout, prefix tokens, grid).
+        model: the model (for the patch size of token layouts).
+        image_hw: the input images' (H, W).
+
+    Returns:
+        (B, C, h, w).
+
+    Raises:
+        ViscopeError: a flat output, or tokens that do not form the patch grid.
+    """
+    if record.layout == "chw":
+        return tensor
+    if record.layout == "hwc":
+        return tensor.permute(0, 3, 1, 2)
+    if record.layout == "tokens":
+        patches = tensor[:, record.prefix_tokens :]
+        grid = token_grid(patches.shape[1], record, model, image_hw)
+        return patches.transpose(1, 2).reshape(tensor.shape[0], -1, *grid)
+    raise ViscopeError(
+        f"Expected layer {record.name!r} to output a spatial map (B, C, h, w), (B, h, w, C) "
+        f"or tokens (B, N, D); got shape (B, {', '.join(map(str, record.unit_shape))}). "
+        "Choose a convolutional stage or a transformer block (see `viscope list layers`)."
+    )
+
+
+def token_grid(
+    n_patch: int, record: LayerRecord, model: nn.Module, image_hw: tuple[int, int]
+) -> tuple[int, int]:
+    """The (rows, columns) of ``n_patch`` patch tokens, from the model's own patch grid."""
+    embed = getattr(unwrap(model), "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    if patch is not None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+        rows, cols = image_hw[0] // ph, image_hw[1] // pw
+        if rows * cols == n_patch:
+            return rows, cols
+    if record.grid is not None and record.grid[0] * record.grid[1] == n_patch:
+        return record.grid
+    raise ViscopeError(
+        f"Expected the {n_patch} patch tokens of layer {record.name!r} (after "
+        f"{record.prefix_tokens} prefix tokens) to form the model's patch grid; could not find "
+        f"one for input {image_hw}. Choose a layer with a spatial output."
+    )
