@@ -154,12 +154,15 @@ class ScoreCAM(CAM):
 
     Args:
         batch_size: masked images per forward pass.
+        align_corners: of the bilinear upsampling of the channels (pytorch-grad-cam's
+            ``UpsamplingBilinear2d`` uses ``True``; the maps themselves use ``False``).
     """
 
     uses_gradients = False
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 64, align_corners: bool = False) -> None:
         self.batch_size = batch_size
+        self.align_corners = align_corners
 
     def combine(self, acts, grads, **context):
         model, images, target = context["model"], context["images"], context["target"]
@@ -174,7 +177,7 @@ class ScoreCAM(CAM):
             for chunk in pairs.split(self.batch_size):
                 img, ch = chunk // c, chunk % c
                 up = F.interpolate(acts[img, ch][:, None], size=size, mode="bilinear",
-                                   align_corners=False)
+                                   align_corners=self.align_corners)
                 lo = up.amin(dim=(2, 3), keepdim=True)
                 hi = up.amax(dim=(2, 3), keepdim=True)
                 masks = (up - lo) / (hi - lo + 1e-8)

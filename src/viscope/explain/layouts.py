@@ -35,7 +35,7 @@ def auto_layer(model: nn.Module) -> str:
     Example:
         >>> from viscope.models import create
         >>> auto_layer(create("resnet18")), auto_layer(create("test_vit", img_size=32))
-        ('layer4', 'blocks.1.norm1')
+        ('layer4', 'blocks.5.norm1')
     """
     net = unwrap(model)
     if is_fastervit(net):

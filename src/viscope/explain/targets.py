@@ -179,5 +179,6 @@ def resolve_target(target: TargetArg, batch: int) -> Target:
     if all(isinstance(t, int) and not isinstance(t, bool) for t in items):
         return Target(batch, classes=torch.tensor(items, dtype=torch.long))
     raise ViscopeError(
-        f"Expected a list of class indices or of callables; got {[type(t).__name__ for t in items]}."
+        "Expected a list of class indices or of callables; got "
+        f"{[type(t).__name__ for t in items]}."
     )

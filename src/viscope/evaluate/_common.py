@@ -1,0 +1,59 @@
+"""Shared helpers of the explanation metrics: argument checks and batched scoring."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from viscope.errors import ViscopeError
+from viscope.explain.targets import Target, TargetArg, resolve_target
+
+
+def check_maps(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """Maps (B, H, W) matching images (B, C, H, W), on the images' device."""
+    if images.ndim != 4 or maps.shape != (images.shape[0], *images.shape[-2:]):
+        raise ViscopeError(
+            f"Expected maps (B, H, W) = {(images.shape[0], *images.shape[-2:])} for images "
+            f"{tuple(images.shape)}; got {tuple(maps.shape)}. Pass the maps that "
+            "viscope.explain.attribute returned for these images."
+        )
+    return maps.to(images.device, images.dtype)
+
+
+def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Ground-truth masks (B, H, W) or (B, 1, H, W) as a boolean (B, H, W) tensor."""
+    if masks.ndim == 4 and masks.shape[1] == 1:
+        masks = masks[:, 0]
+    if masks.shape != maps.shape:
+        raise ViscopeError(
+            f"Expected masks of shape {tuple(maps.shape)} or (B, 1, H, W) like the maps; got "
+            f"{tuple(masks.shape)}."
+        )
+    return masks.to(maps.device) > 0.5
+
+
+def target_of(model: nn.Module, images: torch.Tensor, target: TargetArg) -> Target:
+    """The resolved target, with "predicted" fixed on the clean images."""
+    return resolve_target(target, images.shape[0]).fix(model, images)
+
+
+def scores(model: nn.Module, inputs: torch.Tensor, target: Target, prob: bool) -> torch.Tensor:
+    """One forward pass of a whole perturbed batch (row b is image b); (B,) scores."""
+    with torch.no_grad():
+        return target.score(model(inputs), prob=prob)
+
+
+def ranks(maps: torch.Tensor) -> torch.Tensor:
+    """Each pixel's rank (0 = most important) in its map; ties keep pixel order."""
+    flat = maps.flatten(1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank.view_as(maps)
+
+
+def trapezoid(curve: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Area under each row of ``curve`` (B, K) over x in [0, 1] (uniform when ``x`` is None)."""
+    if x is None:
+        x = torch.linspace(0, 1, curve.shape[1], device=curve.device, dtype=curve.dtype)
+    return torch.trapezoid(curve, x, dim=-1)

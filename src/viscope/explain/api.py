@@ -1,0 +1,209 @@
+"""``attribute``: one entry point over the registry of attribution methods."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from viscope.errors import ViscopeError
+from viscope.explain import cam, gradients, perturbation, rollout
+from viscope.explain.layouts import auto_layer, suggest_layer
+from viscope.explain.targets import Target, TargetArg, resolve_target
+from viscope.models import unwrap
+from viscope.registry import Registry
+
+#: Relative epsilon of the normalisation: maps are scaled by (max - min) + EPS * max|map|.
+EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered attribution method.
+
+    Attributes:
+        fn: ``fn(model, images, target, layer, **options) -> (B, h, w)`` raw maps (any
+            resolution; ``layer`` is ``None`` for methods without one).
+        uses_layer: whether the method reads a layer (CAMs).
+        about: one line for ``viscope list methods``.
+    """
+
+    fn: Callable[..., torch.Tensor]
+    uses_layer: bool
+    about: str
+
+
+METHODS: Registry[Method] = Registry("attribution method")
+
+
+def _cam(cls: type[cam.CAM]) -> Callable[..., torch.Tensor]:
+    def run(model, images, target, layer, **options):
+        return cls(**options)(model, images, target, layer)
+
+    return run
+
+
+def _plain(fn: Callable[..., Any]) -> Callable[..., torch.Tensor]:
+    def run(model, images, target, layer, **options):
+        out = fn(model, images, target, **options)
+        return out[0] if isinstance(out, tuple) else out
+
+    return run
+
+
+for _name, _cls, _about in [
+    ("gradcam", cam.GradCAM, "Grad-CAM: channels weighted by mean gradient"),
+    ("gradcam++", cam.GradCAMPlusPlus, "Grad-CAM++: higher-order channel weights"),
+    ("xgradcam", cam.XGradCAM, "XGrad-CAM: activation-weighted gradients"),
+    ("layercam", cam.LayerCAM, "LayerCAM: positive gradient x activation per position"),
+    ("hirescam", cam.HiResCAM, "HiResCAM: gradient x activation per position"),
+    ("eigencam", cam.EigenCAM, "Eigen-CAM: first principal component (class-agnostic)"),
+    ("scorecam", cam.ScoreCAM, "Score-CAM: channels weighted by masked-input scores"),
+]:
+    METHODS.register(_name, Method(_cam(_cls), True, _about))
+for _name, _fn, _about in [
+    ("rise", perturbation.rise, "RISE: random-mask perturbation"),
+    ("cbrise", perturbation.cbrise, "CB-RISE: RISE that stops when the map converges"),
+    ("occlusion", perturbation.occlusion, "occlusion with a sliding square (captum)"),
+    ("saliency", gradients.saliency, "|input gradient| (captum)"),
+    ("inputxgradient", gradients.input_x_gradient, "input x gradient (captum)"),
+    ("integrated_gradients", gradients.integrated_gradients, "integrated gradients (captum)"),
+    ("smoothgrad", gradients.smoothgrad, "SmoothGrad: noise-averaged saliency (captum)"),
+    ("rollout", rollout.attention_rollout, "attention rollout for ViTs (class-agnostic)"),
+]:
+    METHODS.register(_name, Method(_plain(_fn), False, _about))
+
+
+def list_methods() -> list[str]:
+    """The names accepted by :func:`attribute`.
+
+    Example:
+        >>> "gradcam" in list_methods() and "cbrise" in list_methods()
+        True
+    """
+    return METHODS.names()
+
+
+def attribute(
+    model: nn.Module,
+    images: torch.Tensor,
+    method: str = "gradcam",
+    layer: str | None = "auto",
+    target: TargetArg = None,
+    *,
+    normalize: bool = True,
+    **options: Any,
+) -> torch.Tensor:
+    """Explain each image's target with a map at input resolution.
+
+    The model's train/eval mode is left as it is (call ``model.eval()`` first: in train
+    mode BatchNorm couples the images of a batch and dropout adds noise; a warning says
+    so). Hooks live only for this call; no parameter gets a ``.grad``.
+
+    Args:
+        model: a model from :func:`viscope.models.create` or any ``nn.Module``.
+        images: (B, C, H, W) images in [0, 1]; maps come back on their device.
+        method: a name of :data:`METHODS` (``list_methods()``).
+        layer: for CAMs, the module name to explain (``"name@k"`` for the k-th call of a
+            shared module), or ``"auto"`` (:func:`~viscope.explain.layouts.auto_layer`);
+            other methods take ``"auto"`` or ``None``.
+        target: ``None`` (the predicted class), a class index for all images, one per
+            image, a callable ``outputs -> (N,)`` or one callable per image
+            (e.g. :class:`~viscope.explain.targets.RegionTarget`).
+        normalize: ``True``: negatives clipped at the method's own resolution (maps show
+            positive evidence), then upsampled bilinearly and min-max scaled per map to
+            [0, 1] with an epsilon relative to the map's scale. ``False``: the raw, signed
+            map upsampled bilinearly to input resolution.
+        **options: passed to the method (``n_masks=`` for RISE, ``batch_size=`` ...).
+
+    Returns:
+        (B, H, W) maps on the images' device.
+
+    Raises:
+        ViscopeError: unknown method or layer, a target of the wrong length, a layer of a
+            method that has none, or images that are not (B, C, H, W).
+
+    Warns:
+        UserWarning: a map is all zeros or not finite (naming the layer and another to try).
+
+    Example:
+        >>> from viscope.models import create
+        >>> model = create("resnet18", num_classes=3).eval()
+        >>> attribute(model, torch.rand(2, 3, 64, 48), "gradcam", target=1).shape
+        torch.Size([2, 64, 48])
+    """
+    spec = METHODS.get(method)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ViscopeError(
+            f"Expected images as a tensor (B, C, H, W); got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)}."
+        )
+    if spec.uses_layer:
+        layer = auto_layer(model) if layer in (None, "auto") else layer
+    elif layer not in (None, "auto"):
+        raise ViscopeError(
+            f"Method {method!r} does not read a layer; got layer={layer!r}. Pass layer='auto' "
+            "or use a CAM method (gradcam, layercam, ...)."
+        )
+    else:
+        layer = None
+    if model.training:
+        warnings.warn(
+            "The model is in training mode: BatchNorm mixes the images of a batch and dropout "
+            "is random, so maps depend on the batch. Call model.eval() before explaining.",
+            UserWarning, stacklevel=2,
+        )
+    tgt: Target = resolve_target(target, images.shape[0])
+    raw = spec.fn(model, images, tgt, layer, **options)
+    check_maps(raw, method, layer, model)
+    return finish(raw, (images.shape[-2], images.shape[-1]), normalize).to(images.device)
+
+
+def finish(raw: torch.Tensor, size: tuple[int, int], normalize: bool) -> torch.Tensor:
+    """Upsample raw maps (B, h, w) to ``size``; clip and min-max scale them if ``normalize``."""
+    maps = raw.clamp(min=0) if normalize else raw
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return normalize_maps(maps) if normalize else maps
+
+
+def normalize_maps(maps: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Min-max scale each map (B, H, W) to [0, 1]; the epsilon is relative to its scale.
+
+    Example:
+        >>> normalize_maps(torch.tensor([[[1e-9, 3e-9]]])).round(decimals=6).tolist()
+        [[[0.0, 1.0]]]
+    """
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    scale = torch.maximum(hi.abs(), lo.abs())
+    tiny = torch.finfo(maps.dtype).tiny
+    return (maps - lo) / (hi - lo + eps * scale + tiny)
+
+
+def check_maps(raw: torch.Tensor, method: str, layer: str | None, model: nn.Module) -> None:
+    """Warn when a map is not finite or has no positive value (an empty explanation)."""
+    flat = raw.detach().flatten(1)
+    bad = ~torch.isfinite(flat).all(dim=1)
+    empty = ~(flat.clamp(min=0) > 0).any(dim=1) & ~bad
+    if not (bad.any() or empty.any()):
+        return
+    where = f"layer {layer!r}" if layer is not None else "the input"
+    hint = suggest_layer(model, layer) if layer is not None else "check the target and model"
+    parts = []
+    if bad.any():
+        parts.append(f"not finite for images {bad.nonzero()[:, 0].tolist()}")
+    if empty.any():
+        parts.append(f"all zero (no positive evidence) for images {empty.nonzero()[:, 0].tolist()}")
+    vit = layer is not None and hasattr(unwrap(model), "num_prefix_tokens")
+    why = (" A ViT's last block output gets no gradient on its patch tokens when the head "
+           "reads only the class token." if vit else "")
+    warnings.warn(
+        f"{method} map at {where} is {' and '.join(parts)}.{why} To fix: {hint}.",
+        UserWarning, stacklevel=3,
+    )

@@ -1,0 +1,82 @@
+"""Attention rollout (Abnar & Zuidema, 2020) for timm ViTs.
+
+timm's ``Attention`` uses fused scaled-dot-product attention, which never materialises
+the attention weights; while explaining, ``fused_attn`` is set to ``False`` on every
+attention module and restored in ``finally``. The weights are read from the output of
+each block's ``attn.attn_drop`` (identity in eval mode) through the tap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from viscope.activations.tap import Tap
+from viscope.errors import ViscopeError
+from viscope.explain.layouts import token_grid
+from viscope.explain.targets import Target
+from viscope.models import unwrap
+
+
+def attention_rollout(
+    model: nn.Module, images: torch.Tensor, target: Target | None = None, *,
+    head_fusion: str = "mean", residual: float = 0.5,
+) -> torch.Tensor:
+    """Rollout map (B, h, w) on the patch grid; class-agnostic (the target is unused).
+
+    Each layer's head-fused attention ``A`` becomes ``residual * I + (1 - residual) * A``
+    (rows renormalised); the product over layers gives how much each token draws from
+    each input token. The map is the class token's row (the mean over patch rows when the
+    model has no class token), over patch tokens only (register tokens dropped).
+
+    Args:
+        model: a timm ViT (wrapped or not).
+        images: (B, C, H, W).
+        target: ignored (rollout does not depend on the class).
+        head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
+        residual: weight of the identity (the skip connection).
+
+    Returns:
+        (B, rows, cols) rollout on the patch grid.
+
+    Raises:
+        ViscopeError: the model has no timm attention blocks.
+    """
+    net = unwrap(model)
+    blocks = getattr(net, "blocks", None)
+    if blocks is None or not all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop")
+                                 for b in blocks):
+        raise ViscopeError(
+            f"Expected a timm VisionTransformer (blocks.*.attn.attn_drop) for attention "
+            f"rollout; got {type(net).__name__}. Use a CAM method such as 'gradcam' instead."
+        )
+    if head_fusion not in ("mean", "max", "min"):
+        raise ViscopeError(f"Expected head_fusion 'mean', 'max' or 'min'; got {head_fusion!r}.")
+    attns: list[torch.Tensor] = []
+    names = [f"blocks.{i}.attn.attn_drop" for i in range(len(blocks))]
+    fused = [(b.attn, getattr(b.attn, "fused_attn", None)) for b in blocks]
+    try:
+        for attn, _ in fused:
+            if hasattr(attn, "fused_attn"):
+                attn.fused_attn = False
+        with torch.no_grad(), Tap(model, names, callback=lambda n, a: attns.append(a)) as tap:
+            model(images)
+        record = tap.records[names[0]]
+    finally:
+        for attn, value in fused:
+            if value is not None:
+                attn.fused_attn = value
+    n = attns[0].shape[-1]
+    prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
+    eye = torch.eye(n, device=images.device, dtype=attns[0].dtype)
+    roll = eye.expand(images.shape[0], n, n)
+    for a in attns:
+        fused_a = getattr(a, head_fusion)(dim=1)
+        fused_a = fused_a if head_fusion == "mean" else fused_a.values
+        a = residual * eye + (1 - residual) * fused_a
+        a = a / a.sum(dim=-1, keepdim=True)
+        roll = a @ roll
+    has_cls = getattr(net, "cls_token", None) is not None
+    row = roll[:, 0, prefix:] if has_cls else roll[:, prefix:, prefix:].mean(dim=1)
+    grid = token_grid(n - prefix, record, model, (images.shape[-2], images.shape[-1]))
+    return row.reshape(images.shape[0], *grid)
