@@ -15,7 +15,7 @@ from viscope.errors import ViscopeError
 
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["shapes", "digits"] == DATASETS.names()
+    assert list_datasets() == ["shapes", "digits", "faces"] == DATASETS.names()
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -70,7 +70,7 @@ def test_skip_corrupt_through_create(corrupt_folder: Path) -> None:
 def test_unknown_name_or_path() -> None:
     with pytest.raises(
         ViscopeError,
-        match=r"Unknown dataset 'nope': not a built-in dataset \(shapes, digits\) and no "
+        match=r"Unknown dataset 'nope': not a built-in dataset \(shapes, digits, faces\) and no "
         r"such folder/CSV file\.",
     ):
         create("nope")

@@ -6,7 +6,7 @@ Every dataset is a map-style torch ``Dataset`` of ``(image, label)`` or
 
 >>> from viscope.data import create, list_datasets
 >>> list_datasets()
-['shapes', 'digits']
+['shapes', 'digits', 'faces']
 >>> val = create("digits", split="val")
 >>> len(val), val.classes[9]
 (270, '9')

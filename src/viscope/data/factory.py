@@ -34,7 +34,7 @@ def list_datasets() -> list[str]:
 
     Example:
         >>> list_datasets()
-        ['shapes', 'digits']
+        ['shapes', 'digits', 'faces']
     """
     return DATASETS.names()
 

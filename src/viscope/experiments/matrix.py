@@ -97,6 +97,7 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
             before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
                 else None
             t0 = time.perf_counter()
+            torch.manual_seed(seed)  # the initial weights follow the seed too
             net = models.create(mc.name, num_classes=classes, **mc.args)
             res = fit(net, splits, augment=None if fam == "identity" else fam,
                       epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,

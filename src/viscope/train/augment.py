@@ -134,10 +134,13 @@ class BatchAugment:
             applied = torch.ones(b, dtype=torch.bool, device=images.device)
             out = self.family.apply(images, params)
         else:
-            applied = (torch.rand(b, generator=self.generator) < self.p).to(images.device)
+            # Which images to transform is decided on the CPU, so no device sync is needed.
+            chosen = torch.rand(b, generator=self.generator) < self.p
+            index = chosen.nonzero()[:, 0].to(images.device)
+            applied = chosen.to(images.device)
             out = images.clone()
-            if bool(applied.any()):
-                out[applied] = self.family.apply(images[applied], params[applied])
+            if len(index):
+                out[index] = self.family.apply(images[index], params[index])
         self.last_params = params
         self.last_applied = applied
         return out

@@ -1,0 +1,226 @@
+"""The training run folder: ``train.json``, the result it records and resume checks.
+
+A run folder holds ``train.json`` (status, resolved configuration, results),
+``best.pt`` (the viscope checkpoint of the best validation epoch), Lightning's
+``metrics.csv`` and ``hparams.yaml``, ``checkpoints/`` while training (Lightning's
+``last.ckpt`` and best ``.ckpt``, for resuming) and ``tensorboard/`` when TensorBoard is
+installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from viscope.errors import ViscopeError
+from viscope.models import unwrap
+
+RECORD = "train.json"
+BEST = "best.pt"
+METRICS = "metrics.csv"
+CHECKPOINTS = "checkpoints"
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
+_OUTPUTS = (RECORD, BEST, METRICS, "hparams.yaml", CHECKPOINTS, "tensorboard")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`viscope.train.fit` produced.
+
+    Attributes:
+        checkpoint: ``best.pt``, the weights of the epoch with the best ``val_acc``
+            (``viscope.models.create(checkpoint)`` rebuilds the model).
+        best_val_acc: validation accuracy of that epoch.
+        test_acc: accuracy of that model on the test split (``None`` without one).
+        history: one row per epoch: ``epoch, train_loss, val_loss, val_acc``.
+        seconds: wall time of the ``fit`` call that finished the run.
+        out: the run folder.
+        best_epoch: the epoch (from 0) of ``checkpoint``.
+        epochs: epochs run (fewer than asked after early stopping or ``max_steps``).
+        images_per_second: training throughput, first epoch excluded when there were
+            several (see :class:`~viscope.train.callbacks.ThroughputMeter`).
+        skipped: ``True`` when the run was already finished and nothing was trained.
+        model: the trained model (best weights), when ``fit`` was given or built one.
+    """
+
+    checkpoint: Path
+    best_val_acc: float
+    test_acc: float | None
+    history: pd.DataFrame
+    seconds: float
+    out: Path
+    best_epoch: int
+    epochs: int
+    images_per_second: float | None
+    skipped: bool = False
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_record(
+        cls, out: Path, record: dict[str, Any], *, skipped: bool, model: nn.Module | None = None
+    ) -> TrainResult:
+        """Rebuild the result stored in a finished run's ``train.json``."""
+        return cls(
+            checkpoint=out / BEST,
+            best_val_acc=float(record["best_val_acc"]),
+            test_acc=None if record.get("test_acc") is None else float(record["test_acc"]),
+            history=history_frame(record.get("history") or []),
+            seconds=float(record["seconds"]),
+            out=out,
+            best_epoch=int(record["best_epoch"]),
+            epochs=int(record["epochs_run"]),
+            images_per_second=record.get("images_per_second"),
+            skipped=skipped,
+            model=model,
+        )
+
+
+def read_record(out: Path) -> dict[str, Any] | None:
+    """The run's ``train.json``, or ``None`` when there is none.
+
+    Raises:
+        ViscopeError: the file exists but is not a JSON object.
+    """
+    path = out / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ViscopeError(
+            f"Expected {path} to be a training record (JSON); could not read it ({err}). "
+            "Delete it or pass overwrite=True to start the run again."
+        ) from None
+    if not isinstance(record, dict):
+        raise ViscopeError(f"Expected a JSON object in {path}; got {type(record).__name__}.")
+    return record
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as JSON would give it back (tuples become lists, NaN becomes ``None``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    return json.loads(json.dumps(obj, default=str))
+
+
+def config_diff(stored: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Lines ``key: stored -> current`` for every setting that differs.
+
+    >>> config_diff({"seed": 0, "lr": 0.1}, {"seed": 1, "lr": 0.1})
+    ['seed: 0 -> 1']
+    """
+    if not isinstance(stored, dict):
+        return [f"{prefix or 'config'}: {stored!r} -> (a configuration)"]
+    lines = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            lines += config_diff(old, new, f"{prefix}{key}.")
+        elif old != new:
+            lines.append(f"{prefix}{key}: {_short(old)} -> {_short(new)}")
+    return lines
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clear_run(out: Path) -> None:
+    """Delete the files a training run writes in ``out`` (and nothing else)."""
+    for name in _OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def history_frame(rows: Any) -> pd.DataFrame:
+    """A per-epoch history table with the columns :data:`HISTORY_COLUMNS`."""
+    frame = pd.DataFrame(list(rows), columns=list(HISTORY_COLUMNS))
+    frame["epoch"] = frame["epoch"].astype("int64")
+    return frame.astype({c: "float64" for c in HISTORY_COLUMNS[1:]})
+
+
+def history_from_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Collapse Lightning's ``metrics.csv`` rows (one per log call) into one row per epoch."""
+    if metrics.empty or "epoch" not in metrics:
+        return history_frame([])
+    frame = metrics.dropna(subset=["epoch"]).groupby("epoch", sort=True).last().reset_index()
+    for column in HISTORY_COLUMNS:
+        if column not in frame:
+            frame[column] = float("nan")
+    return history_frame(frame[list(HISTORY_COLUMNS)].to_dict("records"))
+
+
+def merge_metrics(previous: pd.DataFrame | None, path: Path) -> pd.DataFrame:
+    """Lightning's metrics of this session, after the earlier sessions' rows of a resumed run.
+
+    Lightning's CSV logger starts a fresh ``metrics.csv`` in every session; rows of
+    epochs before the first one logged now are taken from ``previous``.
+    """
+    current = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if previous is None or previous.empty or "epoch" not in previous:
+        return current
+    if current.empty or "epoch" not in current:
+        return previous
+    older = previous[previous["epoch"] < current["epoch"].min()]
+    return pd.concat([older, current], ignore_index=True)
+
+
+def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> dict | Path | None:
+    """Decide what to do with the run folder.
+
+    Returns:
+        The stored record when the run is finished (skip), the ``last.ckpt`` to resume
+        from, or ``None`` to start afresh (after deleting a previous run's files).
+    """
+    stored = read_record(out)
+    if stored is None:
+        if overwrite:
+            clear_run(out)
+        return None
+    if overwrite:
+        clear_run(out)
+        return None
+    diff = config_diff(stored.get("config"), config)
+    if diff:
+        listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ViscopeError(
+            f"Expected the run folder {out} to hold the same training configuration; it "
+            f"holds another run ({stored.get('status', 'unknown')}) that differs in: "
+            f"{listed}. Use another out= folder, or pass overwrite=True to delete that run "
+            "and train again."
+        )
+    if stored.get("status") == "finished" and (out / BEST).is_file():
+        return stored
+    last = out / CHECKPOINTS / "last.ckpt"
+    if last.is_file():
+        return last
+    clear_run(out)
+    return None
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names and bytes), to record initial weights."""
+    digest = hashlib.sha256()
+    for name, tensor in unwrap(model).state_dict().items():
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
