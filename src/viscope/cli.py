@@ -300,6 +300,42 @@ def train(
                      f"{res.test_acc:.3f}; checkpoint {res.checkpoint}")
 
 
+@app.command()
+def explain(
+    model: Annotated[str, typer.Option(help="checkpoint path, timm name, torchvision:NAME")],
+    out: Annotated[Path, typer.Option(help="run folder")],
+    dataset: Annotated[str, typer.Option(help="built-in name, folder or CSV")] = "shapes",
+    method: Annotated[str, typer.Option(help="comma-separated (see `viscope list methods`)")]
+    = "gradcam",
+    samples: Annotated[int, typer.Option(help="images to explain")] = 16,
+    layer: Annotated[str, typer.Option(help="layer for CAMs, or auto")] = "auto",
+    image_size: Annotated[int, typer.Option()] = 32,
+    model_arg: ModelArg = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    batch_size: Annotated[int, typer.Option()] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Attribution maps with several methods, their metrics, and an overlay figure."""
+    from viscope.explain.command import explain_command
+
+    paths = explain_command(model, dataset, [m.strip() for m in method.split(",") if m.strip()],
+                            samples, out, layer=layer, image_size=image_size,
+                            model_args=_parse_kv(model_arg), device=device,
+                            batch_size=batch_size, seed=seed)
+    for k, p in paths.items():
+        _console().print(f"{k:12s} {p}")
+
+
+@list_app.command("methods")
+def list_methods() -> None:
+    """The attribution methods."""
+    from viscope.explain import METHODS
+
+    _table("Attribution methods", ["name", "uses a layer", "about"],
+           [[n, "yes" if METHODS.get(n).uses_layer else "no", METHODS.get(n).about]
+            for n in METHODS.names()])
+
+
 def _save_plot(result, path: Path) -> None:
     import matplotlib
 

@@ -92,3 +92,35 @@ def test_tables_render_mean_and_std():
     md = to_markdown(m, s)
     assert "| color inversion | 0.50 ± 0.01 | 0.25 ± 0.02 |" in md and "rotate" in md
     assert r"0.50 $\pm$ 0.01" in to_latex(m, s)
+
+
+def test_several_seeds_give_mean_and_std(tmp_path):
+    """Cells of two seeds are averaged, with the sample std (ddof 1) beside them."""
+    import json
+
+    from viscope.experiments.matrix import _tabulate
+
+    cfg = tiny_config(seeds=[0, 1])
+    folder = tmp_path / "vit"
+    nv = {(0, "rotation", "rotation"): 0.2, (1, "rotation", "rotation"): 0.4,
+          (0, "rotation", "brightness"): 0.6, (1, "rotation", "brightness"): 0.6,
+          (0, "identity", "rotation"): 0.9, (1, "identity", "rotation"): 0.7,
+          (0, "identity", "brightness"): 0.5, (1, "identity", "brightness"): 0.3}
+    for (seed, tr, ev), v in nv.items():
+        p = folder / "cells" / tr / f"seed{seed}" / f"{ev}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"nv": v, "accuracy": 0.5 + seed / 10}))
+        (p.parent / "clean.json").write_text(json.dumps({"accuracy": 0.9 - seed / 10}))
+    res = _tabulate(cfg, cfg.models[0], folder, 0, 0)
+    assert res.invariance.loc["rotation", "rotation"] == pytest.approx(0.3)
+    assert res.invariance_std.loc["rotation", "rotation"] == pytest.approx(np.std([.2, .4],
+                                                                                  ddof=1))
+    assert res.invariance_std.loc["rotation", "brightness"] == pytest.approx(0.0)
+    # average: per seed over eval families, then mean and std over seeds
+    assert res.invariance.loc["identity", "average"] == pytest.approx(0.6)
+    assert res.invariance_std.loc["identity", "average"] == pytest.approx(np.std([.7, .5],
+                                                                                 ddof=1))
+    assert res.accuracy.loc["identity", "clean"] == pytest.approx(0.85)
+    assert "±" in (folder / "invariance.md").read_text()
+    summary = (folder / "summary.md").read_text()
+    assert "in **1 of 1** columns: rotation." in summary

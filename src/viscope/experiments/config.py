@@ -21,6 +21,9 @@ class ModelConfig(BaseModel):
     name: str
     args: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    #: per-model training overrides (default: the study's values)
+    epochs: int | None = None
+    lr: float | None = None
 
     @property
     def tag(self) -> str:

@@ -100,7 +100,8 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
             torch.manual_seed(seed)  # the initial weights follow the seed too
             net = models.create(mc.name, num_classes=classes, **mc.args)
             res = fit(net, splits, augment=None if fam == "identity" else fam,
-                      epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                      epochs=mc.epochs or cfg.epochs, batch_size=cfg.batch_size,
+                      lr=mc.lr or cfg.lr,
                       weight_decay=cfg.weight_decay, augment_p=cfg.augment_p, seed=seed,
                       out=tdir, accelerator=cfg.accelerator, devices=cfg.devices,
                       precision=cfg.precision, num_workers=cfg.num_workers, progress=progress)
@@ -134,7 +135,7 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
                     log(f"[{done}/{total}] {mc.tag} · train {fam} · eval {ev}: "
                         f"NV {cell['nv']:.3f}, accuracy {cell['accuracy']:.3f}")
             done += len(cfg.eval_families) + 1 - len(todo)
-    return _tabulate(cfg, mc, folder, trained, measured)
+    return _tabulate(cfg, mc, folder, trained, measured, classes)
 
 
 def _collect(cfg: MatrixConfig, folder: Path) -> pd.DataFrame:
@@ -165,7 +166,7 @@ def _pivot(cells: pd.DataFrame, value: str, rows: list[str], cols: list[str]):
 
 
 def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
-              measured: int) -> MatrixResult:
+              measured: int, classes: int | None = None) -> MatrixResult:
     cells = _collect(cfg, folder)
     rows, evs = cfg.train_families, cfg.eval_families
     inv, inv_std, per_seed = _pivot(cells[cells["eval"] != "clean"], "nv", rows, evs)
@@ -184,28 +185,39 @@ def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
     write_table_set(acc, acc_std, folder, "accuracy",
                     title=f"Test accuracy under each transformation · {what}{seeds}",
                     colorbar="accuracy (fraction correct)", lower_is_better=False)
-    atomic_write_text(folder / "summary.md", summary(inv, acc, mc.label or mc.name, cfg))
+    atomic_write_text(folder / "summary.md", summary(inv, acc, mc.label or mc.name, cfg,
+                                                         mc.epochs or cfg.epochs, classes))
     return MatrixResult(mc.tag, folder, inv, inv_std, acc, acc_std, trained, measured)
 
 
-def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig) -> str:
+def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
+            epochs: int | None = None, classes: int | None = None) -> str:
     """A short, number-backed reading of the two tables."""
+    epochs = epochs or cfg.epochs
     lines = [f"# Invariance matrix: {name}", "",
-             f"Dataset `{cfg.dataset}` at {cfg.image_size} px; {cfg.epochs} epochs per model; "
+             f"Dataset `{cfg.dataset}` at {cfg.image_size} px; {epochs} epochs per model; "
              f"NV from {cfg.samples} test samples × {cfg.params} parameter values; "
              f"seeds {cfg.seeds}. Lower NV = more invariant.", ""]
     evs = [c for c in inv.columns if c != "average"]
+    tol = 1e-6
+    # NV below 1e-3 for every model: float rounding of a transformation that is the
+    # identity on these images (grayscale on gray digits), not invariance learnt
+    noop = [e for e in evs if inv[e].notna().all() and (inv[e].abs() < 1e-3).all()]
+    if noop:
+        lines.append(f"- {', '.join(noop)}: NV = 0 for every model — the family does not change "
+                     f"these images (e.g. grayscale on gray images), so the column says nothing "
+                     f"about training.")
     if "identity" in inv.index:
-        diag = [e for e in evs if e in inv.index]
-        lower = [e for e in diag if inv.loc[e, e] < inv.loc["identity", e]]
+        diag = [e for e in evs if e in inv.index and e not in noop]
+        lower = [e for e in diag if inv.loc[e, e] < inv.loc["identity", e] - tol]
         lines.append(f"- Training with a family lowered NV to that family (diagonal cell below "
                      f"the identity-trained model's) in **{len(lower)} of {len(diag)}** columns"
                      + (f": {', '.join(lower)}." if lower else "."))
         for e in diag:
             d, i = inv.loc[e, e], inv.loc["identity", e]
             lines.append(f"  - {e}: trained with {e} {d:.3f} vs identity {i:.3f} "
-                         f"({'lower' if d < i else 'not lower'}, Δ = {d - i:+.3f})")
-    best = {e: inv[e].idxmin() for e in evs if inv[e].notna().any()}
+                         f"({'lower' if d < i - tol else 'not lower'}, Δ = {d - i:+.3f})")
+    best = {e: inv[e].idxmin() for e in evs if inv[e].notna().any() and e not in noop}
     if best:
         lines.append("- Most invariant training family per evaluation family: "
                      + ", ".join(f"{e} → {r}" for e, r in best.items()) + ".")
@@ -213,6 +225,12 @@ def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig) 
         lines.append(f"- Lowest average NV: **{inv['average'].idxmin()}** "
                      f"({inv['average'].min():.3f}); highest: {inv['average'].idxmax()} "
                      f"({inv['average'].max():.3f}).")
+    if "clean" in acc.columns and classes:
+        weak = acc.index[acc["clean"] < 1.5 / classes].tolist()
+        if weak:
+            lines.append(f"- Near chance (clean accuracy < 1.5 × 1/{classes}): "
+                         f"{', '.join(weak)} — these models did not learn the task, so their "
+                         f"NV describes an untrained network more than an invariance.")
     if "clean" in acc.columns:
         clean = acc["clean"]
         lines.append(f"- Clean test accuracy ranges from {clean.min():.3f} "
