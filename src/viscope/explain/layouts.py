@@ -74,11 +74,12 @@ def suggest_layer(model: nn.Module, layer: str) -> str:
 class LayerTap(Tap):
     """Capture one layer for a CAM, for one call (use it as a context manager).
 
-    With ``grad=True`` the layer's output is replaced downstream by a clone of a leaf
-    that requires grad: the graph starts at the layer (``torch.autograd.grad`` reaches
-    no parameter), and in-place ops after the layer (``ReLU(inplace=True)``, ``+=``)
-    change the clone, never the stored activation. With ``grad=False`` the output is
-    cloned at hook time.
+    With ``grad=True`` graph recording is switched on at the layer (run the forward
+    under ``torch.no_grad()``: nothing before the layer is recorded) and the layer's
+    output is replaced downstream by a clone of a leaf that requires grad: the graph
+    starts at the layer (``torch.autograd.grad`` reaches no parameter), and in-place ops
+    after the layer (``ReLU(inplace=True)``, ``+=``) change the clone, never the stored
+    activation. With ``grad=False`` the output is cloned at hook time.
     """
 
     def __init__(self, model: nn.Module, layer: str, *, grad: bool) -> None:
@@ -95,6 +96,8 @@ class LayerTap(Tap):
 
     def _keep(self, name: str, act: torch.Tensor) -> None:
         if self.grad:
+            # record the graph from here on (the caller's no_grad block restores the mode)
+            torch.set_grad_enabled(True)
             leaf = act.detach().requires_grad_(True)
             self.activation = leaf
             self._swap = (act, leaf.clone())
