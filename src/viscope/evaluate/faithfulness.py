@@ -180,9 +180,14 @@ def peds(
         r = region
         for _ in range(max_steps):
             frac = r.mean(dim=(1, 2, 3))
-            if (frac >= high).all() if grow else (frac <= low).all():
+            done = (frac >= high) if grow else (frac <= low)
+            if done.all():
                 break
-            r = F.max_pool2d(r, 3, 1, 1) if grow else -F.max_pool2d(-r, 3, 1, 1)
+            # 3x3 dilation / erosion; the frame counts as neutral (the border of the image
+            # is no reason to erode). Images already done keep their region: a repeated
+            # point adds no area, so each image's score does not depend on its batch.
+            moved = F.max_pool2d(r, 3, 1, 1) if grow else -F.max_pool2d(-r, 3, 1, 1)
+            r = torch.where(done[:, None, None, None], r, moved)
             regions.append(r)
     regions += [torch.zeros_like(region), torch.ones_like(region)]
     fracs = torch.stack([r.mean(dim=(1, 2, 3)) for r in regions], dim=1)
