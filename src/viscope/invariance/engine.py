@@ -25,7 +25,7 @@ from viscope.invariance.result import InvarianceResult
 SPATIAL_DIMS = {"chw": (1, 2), "hwc": (0, 1), "tokens": (0,)}
 
 
-def resolve_transform(transform, params: int | None, **kwargs):
+def resolve_transform(transform, **kwargs):
     """A transformation family from a name, a family object or a list of callables."""
     from viscope import transforms
 
@@ -121,7 +121,7 @@ def measure(
     spec = MEASURES.get(measure)
     if isinstance(transform, (list, tuple)):
         params = len(transform)  # a list of callables defines its own grid
-    family = resolve_transform(transform, params, **(transform_kwargs or {}))
+    family = resolve_transform(transform, **(transform_kwargs or {}))
     if spec.equivariant and not getattr(family, "geometric", False):
         raise ViscopeError(
             f"Measure {measure!r} maps activations back with the inverse transformation, so "
