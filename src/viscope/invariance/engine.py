@@ -138,7 +138,9 @@ def measure(
     if options is not None and (spatial or variance):
         opts = MeasureOptions(**{**opts.__dict__, "spatial": spatial or opts.spatial,
                                  "variance": variance or opts.variance})
-    grid = family.grid(params).to(device)
+    # the grid stays on the CPU: family.apply validates CPU parameters without a device
+    # sync and moves them itself
+    grid = family.grid(params)
     m = grid.shape[0]
     names = vmodels.select_layers(model, layers)
 

@@ -129,7 +129,9 @@ class BatchAugment:
             The batch with each selected image transformed by its own parameter.
         """
         b = images.shape[0]
-        params = self.family.sample(b, self.generator, device=images.device, dtype=images.dtype)
+        # drawn on the CPU and handed over as such: apply validates them there, with no
+        # device sync, and moves them to the images' device
+        params = self.family.sample(b, self.generator, device="cpu", dtype=images.dtype)
         if self.p >= 1.0:
             applied = torch.ones(b, dtype=torch.bool, device=images.device)
             out = self.family.apply(images, params)

@@ -210,6 +210,11 @@ class Family:
             ViscopeError: wrong shape, or a value outside :attr:`domain`.
         """
         k = self.num_params
+        # Validate CPU parameters where they are: checking a device tensor needs a host
+        # sync on every call, which is why the engine and training pass CPU parameters.
+        on_cpu = not isinstance(params, Tensor) or params.device.type == "cpu"
+        if on_cpu:
+            self._check_domain(torch.as_tensor(params, dtype=torch.float64))
         p = torch.as_tensor(params, device=device, dtype=dtype)
         single = p.ndim == 0 if k == 1 else p.shape == (k,)
         if single:
@@ -225,7 +230,8 @@ class Family:
                 f" per image); got shape {tuple(torch.as_tensor(params).shape)}. Pass one value"
                 f" per image, or a single {'value' if k == 1 else f'length-{k} vector'} for all."
             )
-        self._check_domain(p)
+        if not on_cpu:
+            self._check_domain(p)
         return p
 
     def _check_domain(self, p: Tensor) -> None:
