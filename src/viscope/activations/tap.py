@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,8 +52,6 @@ class LayerRecord:
 class _Spec:
     record: LayerRecord
     module: nn.Module
-    seen: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def parse_layer(name: str) -> tuple[str, int | None]:
@@ -113,6 +111,7 @@ class Tap:
         self.tokens = tokens
         self.activations: dict[str, torch.Tensor] = {}
         self._batch: int | None = None
+        self._calls: dict[str, int] = {}
         self._handles: list = []
         modules = dict(self.net.named_modules())
         windowed = _windowed(self.net)
@@ -166,10 +165,7 @@ class Tap:
     def _pre_hook(self, module, args, kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)
         self._batch = x.shape[0] if isinstance(x, torch.Tensor) else None
-        for specs in self._specs.values():
-            for s in specs:
-                s.seen = 0
-        self._calls: dict[str, int] = {}
+        self._calls = {}
         return None
 
     def _make_hook(self, module_name: str):
