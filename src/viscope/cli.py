@@ -68,19 +68,10 @@ def list_transforms() -> None:
     for name in transforms.list_transforms():
         f = transforms.create(name)
         rng = ", ".join(f"{p}: {lo:g} → {hi:g}" for p, lo, hi in
-                        zip(f.param_names, _seq(f.low), _seq(f.high), strict=False))
+                        zip(f.param_names, f.low, f.high, strict=True))
         rows.append([name, rng or "—", "yes" if f.geometric else "no", f.description])
     _table("Transformation families", ["name", "parameter range (units)", "geometric",
                                         "description"], rows)
-
-
-def _seq(x) -> list[float]:
-    if isinstance(x, (list, tuple)):
-        return [float(v) for v in x]
-    try:
-        return [float(v) for v in x.tolist()] if hasattr(x, "tolist") and x.ndim else [float(x)]
-    except TypeError:
-        return [float(x)]
 
 
 @list_app.command("measures")

@@ -42,11 +42,10 @@ def small_cnn():
 def test_gap_is_invariant_to_quarter_turns(device):
     r = measure(GAP(), bordered_images(), "rotation", params=4, samples=12, layers=["flat"],
                 transform_kwargs={"low": 0.0, "high": 270.0}, device=device)
-    assert r.meta["params"] == [[0.0], [90.0], [180.0], [270.0]] or \
-        np.allclose(np.ravel(r.meta["params"]), [0, 90, 180, 270])
+    np.testing.assert_allclose(np.ravel(r.meta["params"]), [0, 90, 180, 270])
     df = r.per_layer()
     assert df.loc[0, "nv"] < 1e-4 and df.loc[0, "sv"] > 1e-3
-    # and it is not invariant to arbitrary angles, which cut corners
+    # while brightness changes the pooled mean, so the same layer is far from invariant
     r2 = measure(GAP(), bordered_images(), "brightness", params=5, samples=12, layers=["flat"],
                  device=device)
     assert r2.per_layer().loc[0, "nv"] > 0.1

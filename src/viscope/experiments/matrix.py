@@ -91,8 +91,8 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
             tdir = folder / "train" / fam / f"seed{seed}"
             cdir = folder / "cells" / fam / f"seed{seed}"
             todo = [e for e in ["clean", *cfg.eval_families] if not (cdir / f"{e}.json").exists()]
+            done += len(cfg.eval_families) + 1 - len(todo)  # finished in an earlier run
             if not todo:
-                done += len(cfg.eval_families) + 1
                 continue
             before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
                 else None
@@ -134,7 +134,6 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
                 if ev != "clean":
                     log(f"[{done}/{total}] {mc.tag} · train {fam} · eval {ev}: "
                         f"NV {cell['nv']:.3f}, accuracy {cell['accuracy']:.3f}")
-            done += len(cfg.eval_families) + 1 - len(todo)
     return _tabulate(cfg, mc, folder, trained, measured, classes)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -134,10 +135,8 @@ def measure(
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    opts = options or MeasureOptions(spatial=spatial, variance=variance)
-    if options is not None and (spatial or variance):
-        opts = MeasureOptions(**{**opts.__dict__, "spatial": spatial or opts.spatial,
-                                 "variance": variance or opts.variance})
+    base = options or MeasureOptions()
+    opts = replace(base, spatial=spatial or base.spatial, variance=variance or base.variance)
     # the grid stays on the CPU: family.apply validates CPU parameters without a device
     # sync and moves them itself
     grid = family.grid(params)
@@ -249,9 +248,7 @@ def _run_stage(model, family, grid, loader, states, records, stage, s, tokens, e
     ctx: dict[str, Any] = {}
 
     def consume(name: str, act: torch.Tensor) -> None:
-        st = states.get(name)
-        if st is None:
-            return
+        st = states[name]  # the tap only hooks measured layers
         b, cols = ctx["rows"], ctx["cols"]
         if equivariant:
             rec = records[name]

@@ -19,6 +19,7 @@ Applied Soft Computing 2023, and its library tmeasures:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -179,7 +180,7 @@ class Anova(LayerState):
     def compute(self) -> dict[str, torch.Tensor]:
         s = self.samples
         f, p = F.anova_from_moments(s.count, s.mean, s.m2)
-        units = max(1, int(torch.tensor(self.unit_shape).prod().item()) if self.unit_shape else 1)
+        units = math.prod(self.unit_shape)  # tests per layer (1 for a scalar unit)
         alpha = self.options.alpha / units if self.options.bonferroni else self.options.alpha
         return {"f": f, "p": p, "variant": (p < alpha).double()}
 

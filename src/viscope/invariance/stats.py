@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -132,8 +133,6 @@ def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 def finite_mean(values) -> float:
     """Mean over the finite values (NaN and inf excluded); NaN when none is finite."""
-    import numpy as np
-
     a = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values,
                    dtype=np.float64).ravel()
     a = a[np.isfinite(a)]

@@ -186,33 +186,29 @@ def unwrap(model: nn.Module) -> nn.Module:
     Returns:
         The innermost network.
     """
-    while True:
-        if isinstance(model, Normalized):
-            model = model.net
-        elif isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
+    while (inner := _inner(model)) is not None:
+        model = inner
+    return model
 
 
 def spec_of(model: nn.Module) -> ModelSpec | None:
     """Return the :class:`ModelSpec` of a model made by ``create`` (through any wrapper)."""
-    while True:
+    while model is not None:
         spec = getattr(model, "viscope_spec", None)
         if isinstance(spec, ModelSpec):
             return spec
-        inner = None
-        if isinstance(model, Normalized):
-            inner = model.net
-        elif isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            inner = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            inner = model._orig_mod
-        if inner is None:
-            return None
-        model = inner
+        model = _inner(model)
+    return None
+
+
+def _inner(model: nn.Module) -> nn.Module | None:
+    """The module one wrapper (viscope, DataParallel/DDP, torch.compile) holds, or None."""
+    if isinstance(model, Normalized):
+        return model.net
+    if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        return model.module
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else None
 
 
 def resolve_normalize(normalize: NormalizeArg, net: nn.Module, in_chans: int) -> MeanStd | None:
