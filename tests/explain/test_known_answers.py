@@ -22,16 +22,15 @@ def test_gradcam_points_at_the_shape(shapes_model) -> None:
 
 @pytest.mark.slow
 def test_cbrise_converges_to_rise_with_a_third_of_the_masks(shapes_model) -> None:
-    """4 × 4 mask cells (8 px at 32 px). Measured per image: the median correlation
-    reaches 0.95 but single images with flat maps can stay near 0.9 (see the report)."""
+    """Every image, 4 × 4 mask cells (8 px at 32 px), both with the default (centred)
+    estimator. Measured on 16 images: 500-1750 masks, correlation 0.971-0.997."""
     model, images, labels, _ = shapes_model
-    images, labels = images[:6], labels[:6]
-    target = E.resolve_target(labels, 6)
+    images, labels = images[:8], labels[:8]
+    target = E.resolve_target(labels, 8)
     reference = E.rise(model, images, target, n_masks=8000, cells=4, batch_size=500, seed=1)
     maps, used = E.cbrise(model, images, target, max_masks=8000, cells=4, batch_size=500,
                           seed=2)
     assert (used <= 8000 // 3).all(), used
     r = torch.stack([torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
                      for a, b in zip(maps, reference, strict=True)])
-    assert r.median() >= 0.95, (r, used)
-    assert r.min() >= 0.85, (r, used)
+    assert (r >= 0.95).all(), (r, used)
