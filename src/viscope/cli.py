@@ -131,7 +131,9 @@ def invariance(
                                             "checkpoint path")],
     transform: Annotated[str, typer.Option(help="transformation family "
                                                 "(see `viscope list transforms`)")],
-    out: Annotated[Path, typer.Option(help="run folder to write")],
+    out: Annotated[Path, typer.Option(help="run folder to write (statistics are saved there "
+                                           "every minute; re-running an interrupted "
+                                           "measurement resumes it)")],
     dataset: Annotated[str, typer.Option(help="built-in name, folder or CSV")] = "shapes",
     samples: Annotated[int, typer.Option(help="number of dataset samples")] = 256,
     params: Annotated[int, typer.Option(help="number of transformation parameter values")] = 16,
@@ -174,9 +176,13 @@ def invariance(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     atomic_write_json(out / "environment.json", environment())
+    resume = out / "resume.pt"
+    if resume.is_file():
+        _console().print(f"Resuming the interrupted measurement saved in {resume}")
     result = run_measure(net, ds, transform, measure=measure, samples=samples, params=params,
                          layers=patterns, batch_size=batch_size, device=device, seed=seed,
-                         spatial=spatial, variance=variance, tokens=tokens, progress=progress)
+                         spatial=spatial, variance=variance, tokens=tokens, progress=progress,
+                         resume=resume)
     result.save(out)
     _save_plot(result, out / f"{result.measure}.png")
     df = result.per_layer()

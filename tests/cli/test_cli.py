@@ -63,6 +63,19 @@ def test_invariance_writes_a_complete_run_folder(tmp_path, capsys):
     r = InvarianceResult.load(out_dir)
     assert r.meta["model"] == "test_vit"
     assert abs(r.average() - df["nv"].mean()) < 1e-12
+    assert not (out_dir / "resume.pt").exists()  # removed once the result is complete
+
+
+def test_a_stale_resume_file_is_one_line_that_says_what_to_do(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "resume.pt").write_bytes(b"truncated")
+    cmd = [sys.executable, "-m", "viscope.cli", "invariance", "--model", "test_vit",
+           "--model-arg", "img_size=32", "--samples", "4", "--params", "2",
+           "--transform", "rotation", "--no-progress", "--out", str(tmp_path / "x")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "delete it" in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [

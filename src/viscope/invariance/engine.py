@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from viscope.activations import Tap, capture
 from viscope.errors import ViscopeError
 from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions
 from viscope.invariance.result import InvarianceResult
+from viscope.invariance.resume import Checkpoint, fingerprint
 
 SPATIAL_DIMS = {"chw": (1, 2), "hwc": (0, 1), "tokens": (0,)}
 
@@ -75,6 +77,8 @@ def measure(
     transform_kwargs: dict | None = None,
     progress: bool | Callable[[int, int], None] = False,
     num_workers: int = 0,
+    resume: str | Path | None = None,
+    save_every: float = 60.0,
 ) -> InvarianceResult:
     """Measure how much each layer of ``model`` changes under a transformation family.
 
@@ -102,6 +106,12 @@ def measure(
         transform_kwargs: range overrides for the family, e.g. ``{"low": -90, "high": 90}``.
         progress: show a progress bar (True) or call ``progress(done, total)``.
         num_workers: DataLoader workers.
+        resume: a file that makes the measurement resumable: its statistics are saved
+            there every ``save_every`` seconds, a later call with the same arguments (and
+            weights) goes on from the last save, and the file is deleted once the result
+            is complete. A file written by a different measurement is an error. Under
+            ``torch.distributed`` each process writes ``<file>.rank<k>``.
+        save_every: seconds between saves of ``resume`` (0: after every batch).
 
     Returns:
         An :class:`InvarianceResult` (``.per_layer()``, ``.per_unit(layer)``, ``.plot()``).
@@ -152,8 +162,12 @@ def measure(
     rank, world = _dist_info()
     shard = indices[rank::world]
     rows = max(1, batch_size // m)
-    loader = DataLoader(Subset(dataset, shard), batch_size=rows, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate)
+
+    def loader_from(batch: int) -> DataLoader:
+        return DataLoader(Subset(dataset, shard[batch * rows:]), batch_size=rows,
+                          shuffle=False, num_workers=num_workers, collate_fn=_collate)
+
+    n_batches = -(-len(shard) // rows)
 
     was_training = model.training
     model.to(device).eval()
@@ -170,17 +184,44 @@ def measure(
             raise ViscopeError(f"None of the layers {names} ran in a forward pass.")
         states = {nm: _new_state(spec, records[nm], m, opts, device) for nm in measured}
         stages = spec.state.stages
-        bar = _Progress(progress, len(stages) * len(loader),
+        start = (0, 0)
+        ckpt = None
+        if resume is not None:
+            key = fingerprint(model, {
+                "measure": spec.name, "options": opts.__dict__, "grid": grid.tolist(),
+                "transform": getattr(family, "name", "custom"), "indices": shard,
+                "rows": rows, "layers": measured, "tokens": tokens, "world": world,
+                "rank": rank, "dataset": len(dataset),
+            })
+            path = Path(resume) if world == 1 else Path(f"{resume}.rank{rank}")
+            ckpt = Checkpoint(path, key, save_every)
+            start = ckpt.load(states) or start
+        bar = _Progress(progress, len(stages) * n_batches,
                         f"{spec.name} · {getattr(family, 'name', '')}")
+        bar.advance(start[0] * n_batches + start[1])
+        merged = states
         for s, stage in enumerate(stages):
-            _run_stage(model, family, grid, loader, states, records, stage, s, tokens,
-                       spec.equivariant, device, bar)
+            if s < start[0]:
+                continue
+            first = start[1] if s == start[0] else 0
+
+            def after_batch(done: int, s: int = s) -> None:
+                if ckpt is not None and (ckpt.due() or done == n_batches):
+                    ckpt.save(s, done, states)
+                bar.advance()
+
+            _run_stage(model, family, grid, loader_from(first), first, states, records,
+                       stage, s, tokens, spec.equivariant, device, after_batch)
             merged = {nm: _merge_ranks(st) for nm, st in states.items()}
             for nm, st in merged.items():
                 st.end_stage(s)
                 states[nm].adopt(st)
+            if ckpt is not None and s + 1 < len(stages):
+                ckpt.save(s + 1, 0, states)
         values = {nm: {k: v.cpu().numpy() for k, v in st.compute().items()}
                   for nm, st in merged.items()}
+        if ckpt is not None:
+            ckpt.remove()
     finally:
         bar.close()
         model.train(was_training)
@@ -242,8 +283,10 @@ def _new_state(spec, rec, m, opts, device) -> LayerState:
     return spec.state(m, tuple(unit_shape), spatial_dims, opts, device)
 
 
-def _run_stage(model, family, grid, loader, states, records, stage, s, tokens, equivariant,
-               device, bar) -> None:
+def _run_stage(model, family, grid, loader, first, states, records, stage, s, tokens,
+               equivariant, device, after_batch) -> None:
+    """Run one stage over ``loader`` (batches ``first``, ``first + 1``, ...);
+    ``after_batch(done)`` is called once each batch is in the states."""
     m = grid.shape[0]
     ctx: dict[str, Any] = {}
 
@@ -259,7 +302,7 @@ def _run_stage(model, family, grid, loader, states, records, stage, s, tokens, e
         st.update(act.reshape(b, cols, *act.shape[1:]), s)
 
     with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=tokens):
-        for x in loader:
+        for done, x in enumerate(loader, start=first + 1):
             x = x.to(device, non_blocking=True)
             b = x.shape[0]
             params = grid.repeat(b, *([1] * (grid.ndim - 1)))
@@ -275,7 +318,7 @@ def _run_stage(model, family, grid, loader, states, records, stage, s, tokens, e
                     cols = m + 1
             ctx.update(rows=b, cols=cols, params=params)
             model(images)
-            bar.advance()
+            after_batch(done)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -325,10 +368,12 @@ class _Progress:
             self._bar.start()
             self._task = self._bar.add_task(label, total=total)
 
-    def advance(self) -> None:
-        self.done += 1
+    def advance(self, steps: int = 1) -> None:
+        if steps == 0:
+            return
+        self.done += steps
         if self._bar is not None:
-            self._bar.advance(self._task)
+            self._bar.advance(self._task, steps)
         if self.callback is not None:
             self.callback(self.done, self.total)
 
