@@ -91,3 +91,35 @@ def test_an_unreadable_file_says_to_delete_it(tmp_path) -> None:
     file.write_bytes(b"not a checkpoint")
     with pytest.raises(ViscopeError, match="delete it"):
         measure(cnn(), data(), resume=file, **KW)
+
+
+def test_nan_pixels_stop_with_the_sample_named_and_the_work_kept(tmp_path) -> None:
+    clean = data()
+    x = clean.tensors[0].clone()
+    x[11, 1, 4, 4] = float("nan")
+    file = tmp_path / "resume.pt"
+    with pytest.raises(ViscopeError, match=r"samples \[11\] have NaN") as err:
+        measure(cnn(), TensorDataset(x, clean.tensors[1]), resume=file, **KW)
+    assert "resumes" in str(err.value) and file.is_file()
+    saved = torch.load(file, weights_only=True)
+    assert saved["batches"] == 3  # 11 is the 11th sample drawn: batches 1-3 are kept
+    # once the sample is fixed, the run goes on and ends where a clean run does
+    x[11, 1, 4, 4] = 0.5
+    clean.tensors[0][11, 1, 4, 4] = 0.5
+    assert_same(measure(cnn(), TensorDataset(x, clean.tensors[1]), resume=file, **KW),
+                measure(cnn(), clean, **KW))
+    with pytest.raises(ViscopeError, match=r"samples \[11\].*and run again"):
+        x[11, 1, 4, 4] = float("inf")
+        measure(cnn(), TensorDataset(x, clean.tensors[1]), **KW)
+
+
+def test_units_with_non_finite_activations_are_reported() -> None:
+    model = cnn()
+    with torch.no_grad():
+        model[0].bias[1] = float("inf")
+    with pytest.warns(UserWarning, match=r"NaN or infinite activations in layers 1, 2, 4"):
+        r = measure(model, data(), **KW)
+    assert np.isnan(r.per_unit("1", "nv")).reshape(4, -1).all(axis=1).tolist() == [
+        False, True, False, False]  # channel 1 only
+    # layer 1's average is over its finite units; the inf spreads to all of layers 2 and 4
+    assert np.isfinite(r.per_layer()["nv"]).tolist() == [True, False, False]

@@ -44,6 +44,14 @@ def resolve_transform(transform, **kwargs):
     )
 
 
+class _BadInput(ViscopeError):
+    """Non-finite pixels in a batch; ``done`` batches of the stage are in the states."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 def _images(item) -> torch.Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
@@ -210,14 +218,21 @@ def measure(
                     ckpt.save(s, done, states)
                 bar.advance()
 
-            _run_stage(model, family, grid, loader_from(first), first, states, records,
-                       stage, s, tokens, spec.equivariant, device, after_batch)
+            try:
+                _run_stage(model, family, grid, loader_from(first), first, states, records,
+                           stage, s, tokens, spec.equivariant, device, after_batch, shard, rows)
+            except _BadInput as e:
+                if ckpt is None:
+                    raise ViscopeError(f"{e} and run again.") from None
+                ckpt.save(s, e.done, states)  # the states hold exactly the batches before it
+                raise ViscopeError(f"{e}; running again resumes from here.") from None
             merged = {nm: _merge_ranks(st) for nm, st in states.items()}
             for nm, st in merged.items():
                 st.end_stage(s)
                 states[nm].adopt(st)
             if ckpt is not None and s + 1 < len(stages):
                 ckpt.save(s + 1, 0, states)
+        _warn_non_finite(merged, spec.name)
         values = {nm: {k: v.cpu().numpy() for k, v in st.compute().items()}
                   for nm, st in merged.items()}
         if ckpt is not None:
@@ -283,10 +298,26 @@ def _new_state(spec, rec, m, opts, device) -> LayerState:
     return spec.state(m, tuple(unit_shape), spatial_dims, opts, device)
 
 
+def _warn_non_finite(states: dict[str, LayerState], measure: str) -> None:
+    """Warn about layers whose statistics are not finite: sums of finite activations stay
+    finite, so the model produced NaN or infinite activations there."""
+    bad = [name for name, st in states.items()
+           if any(t.is_floating_point() and not bool(torch.isfinite(t).all())
+                  for t in st.tensors())]
+    if bad:
+        warnings.warn(
+            f"The model produced NaN or infinite activations in layers {', '.join(bad)}: "
+            f"{measure} is NaN or infinite for the units concerned, and the layer averages "
+            "leave them out. Check the weights and the precision (e.g. float16 overflow).",
+            stacklevel=3,
+        )
+
+
 def _run_stage(model, family, grid, loader, first, states, records, stage, s, tokens,
-               equivariant, device, after_batch) -> None:
+               equivariant, device, after_batch, shard, rows) -> None:
     """Run one stage over ``loader`` (batches ``first``, ``first + 1``, ...);
-    ``after_batch(done)`` is called once each batch is in the states."""
+    ``after_batch(done)`` is called once each batch is in the states. ``shard[k]`` is the
+    dataset index of the k-th sample, ``rows`` samples a batch (to name bad samples)."""
     m = grid.shape[0]
     ctx: dict[str, Any] = {}
 
@@ -303,6 +334,11 @@ def _run_stage(model, family, grid, loader, first, states, records, stage, s, to
 
     with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=tokens):
         for done, x in enumerate(loader, start=first + 1):
+            finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
+            if not bool(finite.all()):
+                ids = [shard[(done - 1) * rows + i] for i in (~finite).nonzero()[:, 0].tolist()]
+                raise _BadInput(
+                    f"Dataset samples {ids} have NaN or infinite pixels: fix them", done - 1)
             x = x.to(device, non_blocking=True)
             b = x.shape[0]
             params = grid.repeat(b, *([1] * (grid.ndim - 1)))
