@@ -145,7 +145,8 @@ def invariance(
     num_classes: Annotated[int | None, typer.Option(help="classifier outputs")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="images per forward pass")] = 256,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="seeds the sample draw and a randomly "
+                                           "initialised model's weights")] = 0,
     spatial: Annotated[bool, typer.Option(help="average TV/SV over H×W or tokens first")] = False,
     variance: Annotated[bool, typer.Option(help="means of variances, not of stds")] = False,
     tokens: Annotated[str, typer.Option(help="ViT tokens: all, patch or prefix")] = "all",
@@ -163,7 +164,9 @@ def invariance(
     kwargs = _parse_kv(model_arg)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    net = models.create(model, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # random-init weights follow --seed
+        torch.manual_seed(seed)
+        net = models.create(model, **kwargs)
     ds = data.create(dataset, size=image_size)
     patterns = [p.strip() for p in layers.split(",")] if layers else None
     config = {
@@ -179,10 +182,15 @@ def invariance(
     resume = out / "resume.pt"
     if resume.is_file():
         _console().print(f"Resuming the interrupted measurement saved in {resume}")
-    result = run_measure(net, ds, transform, measure=measure, samples=samples, params=params,
-                         layers=patterns, batch_size=batch_size, device=device, seed=seed,
-                         spatial=spatial, variance=variance, tokens=tokens, progress=progress,
-                         resume=resume)
+    try:
+        result = run_measure(net, ds, transform, measure=measure, samples=samples,
+                             params=params, layers=patterns, batch_size=batch_size,
+                             device=device, seed=seed, spatial=spatial, variance=variance,
+                             tokens=tokens, progress=progress, resume=resume)
+    except KeyboardInterrupt as e:
+        if str(e):
+            print(f"Interrupted: {e}", file=sys.stderr)
+        raise
     result.save(out)
     _save_plot(result, out / f"{result.measure}.png")
     df = result.per_layer()
@@ -349,25 +357,35 @@ def _save_plot(result, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code != 0:  # typer returns 130 for Ctrl-C
+            if code == 130:
+                print("interrupted", file=sys.stderr)
+            sys.exit(code)
     except ViscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except FileNotFoundError as e:
         print(f"error: {e}. Check the path.", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
     except Exception as e:  # click usage errors carry their own exit code
         import click
 
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, click.exceptions.Abort):  # click wraps Ctrl-C in Abort
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                _interrupted(e.__cause__)
             sys.exit(1)
         raise
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    print(f"interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

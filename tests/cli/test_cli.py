@@ -66,6 +66,18 @@ def test_invariance_writes_a_complete_run_folder(tmp_path, capsys):
     assert not (out_dir / "resume.pt").exists()  # removed once the result is complete
 
 
+def test_a_random_init_model_gives_the_same_numbers_for_the_same_seed(tmp_path, capsys):
+    args = ["invariance", "--model", "test_vit", "--model-arg", "img_size=32", "--samples",
+            "6", "--params", "3", "--transform", "contrast", "--no-progress"]
+    tables = []
+    for name, seed in [("a", "1"), ("b", "1"), ("c", "2")]:
+        code, _, err = run([*args, "--seed", seed, "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        tables.append(pd.read_csv(tmp_path / name / "per_layer.csv"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    assert not tables[0]["nv"].equals(tables[2]["nv"])
+
+
 def test_a_stale_resume_file_is_one_line_that_says_what_to_do(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "resume.pt").write_bytes(b"truncated")
@@ -93,3 +105,16 @@ def test_bad_arguments_give_one_line_and_exit_2(args, message, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_exits_130_and_says_where_the_work_is(tmp_path, capsys, monkeypatch):
+    import viscope.invariance
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("measurement saved to x/resume.pt; run it again to resume")
+
+    monkeypatch.setattr(viscope.invariance, "measure", interrupted)
+    code, _, err = run(["invariance", "--model", "test_vit", "--model-arg", "img_size=32",
+                        "--transform", "rotation", "--no-progress", "--out",
+                        str(tmp_path / "x")], capsys)
+    assert code == 130 and "run it again to resume" in err

@@ -123,3 +123,20 @@ def test_units_with_non_finite_activations_are_reported() -> None:
         False, True, False, False]  # channel 1 only
     # layer 1's average is over its finite units; the inf spreads to all of layers 2 and 4
     assert np.isfinite(r.per_layer()["nv"]).tolist() == [True, False, False]
+
+
+def test_ctrl_c_finishes_the_batch_saves_and_resumes(tmp_path) -> None:
+    import os
+    import signal
+
+    def press_ctrl_c(done, total):
+        if done == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    file = tmp_path / "resume.pt"
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="run it again to resume"):
+        measure(cnn(), data(), resume=file, save_every=1e9, progress=press_ctrl_c, **KW)
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    assert torch.load(file, weights_only=True)["batches"] == 3  # the batch in flight ended
+    assert_same(measure(cnn(), data(), resume=file, **KW), measure(cnn(), data(), **KW))

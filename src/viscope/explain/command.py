@@ -72,7 +72,8 @@ def explain_command(
         model_args: keyword arguments of :func:`viscope.models.create`.
         device: ``"cpu"``, ``"cuda"``, ...
         batch_size: images per ``attribute`` call.
-        seed: seed of the dataset (generation and split, as in training) and of the draw.
+        seed: seed of the dataset (generation and split, as in training), of the draw and
+            of a randomly initialised model's weights.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
 
     Returns:
@@ -101,7 +102,9 @@ def explain_command(
     if not is_checkpoint_path(model) and "num_classes" not in kwargs:
         kwargs["num_classes"] = len(ds.classes)
     # Our own freshly built model: eval mode so BatchNorm and dropout do not couple images.
-    net = models.create(model, **kwargs).to(device).eval()
+    with torch.random.fork_rng(devices=[]):  # random-init weights follow ``seed``
+        torch.manual_seed(seed)
+        net = models.create(model, **kwargs).to(device).eval()
     indices, images, labels, masks = _draw(ds, samples, seed)
     _check_outputs(net, images[:1].to(device), len(ds.classes))
     cam_layer = auto_layer(net) if layer in (None, "auto") else layer

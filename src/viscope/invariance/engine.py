@@ -9,6 +9,7 @@ after a measured layer cannot corrupt it.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -23,7 +24,7 @@ from viscope.activations import Tap, capture
 from viscope.errors import ViscopeError
 from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions
 from viscope.invariance.result import InvarianceResult
-from viscope.invariance.resume import Checkpoint, fingerprint
+from viscope.invariance.resume import Checkpoint, GracefulInterrupt, fingerprint
 
 SPATIAL_DIMS = {"chw": (1, 2), "hwc": (0, 1), "tokens": (0,)}
 
@@ -180,6 +181,7 @@ def measure(
     was_training = model.training
     model.to(device).eval()
     bar = _Progress(False, 0, "")
+    guard = GracefulInterrupt() if resume is not None else contextlib.nullcontext()
     try:
         probe = _collate([dataset[indices[0]]]).to(device)
         records = _probe(model, family, grid, probe, names, tokens)
@@ -214,13 +216,19 @@ def measure(
             first = start[1] if s == start[0] else 0
 
             def after_batch(done: int, s: int = s) -> None:
-                if ckpt is not None and (ckpt.due() or done == n_batches):
+                stop = getattr(guard, "requested", False)
+                if ckpt is not None and (ckpt.due() or done == n_batches or stop):
                     ckpt.save(s, done, states)
                 bar.advance()
+                if stop:
+                    raise KeyboardInterrupt(f"measurement saved to {ckpt.path}; run it "
+                                            "again to resume")
 
             try:
-                _run_stage(model, family, grid, loader_from(first), first, states, records,
-                           stage, s, tokens, spec.equivariant, device, after_batch, shard, rows)
+                with guard:
+                    _run_stage(model, family, grid, loader_from(first), first, states,
+                               records, stage, s, tokens, spec.equivariant, device,
+                               after_batch, shard, rows)
             except _BadInput as e:
                 if ckpt is None:
                     raise ViscopeError(f"{e} and run again.") from None

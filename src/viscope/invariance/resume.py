@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +108,35 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
+class GracefulInterrupt:
+    """While active (in the main thread), a first Ctrl-C only sets :attr:`requested`, so
+    the loop can finish its batch, save and stop with a consistent state; a second
+    Ctrl-C interrupts at once as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        print("\nInterrupted: saving after this batch (Ctrl-C again to stop at once).",
+              flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _cpu(value: Any) -> Any:
     return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
 
-__all__ = ["Checkpoint", "fingerprint"]
+__all__ = ["Checkpoint", "GracefulInterrupt", "fingerprint"]
