@@ -59,7 +59,7 @@ def test_resumed_measurement_equals_an_uninterrupted_one(tmp_path, device, measu
     assert file.is_file()
     calls = []
     model = cnn()
-    model.register_forward_hook(lambda *_: calls.append(1))
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
     seen = []
     resumed = measure(model, data(), measure=measure_name, device=device, resume=file,
                       save_every=0, progress=lambda d, t: seen.append((d, t)), **KW)

@@ -45,6 +45,11 @@ def resolve_transform(transform, **kwargs):
     )
 
 
+class _StopForward(BaseException):
+    """Raised from the last measured layer's hook to skip the rest of the forward pass
+    (a BaseException, so that a model's own ``except Exception`` cannot swallow it)."""
+
+
 class _BadInput(ViscopeError):
     """Non-finite pixels in a batch; ``done`` batches of the stage are in the states."""
 
@@ -339,6 +344,9 @@ def _run_stage(model, family, grid, loader, first, states, records, stage, s, to
                 act = act.transpose(1, 2).reshape(act.shape[0], act.shape[2], h, w)
             act = family.inverse(act, ctx["params"])
         st.update(act.reshape(b, cols, *act.shape[1:]), s)
+        ctx["fired"] += 1
+        if ctx["fired"] == len(states):
+            raise _StopForward  # every measured layer is in: the rest of the net is not needed
 
     with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=tokens):
         for done, x in enumerate(loader, start=first + 1):
@@ -360,8 +368,11 @@ def _run_stage(model, family, grid, loader, first, states, records, stage, s, to
                     moved = moved.reshape(b, m, *x.shape[1:])
                     images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
                     cols = m + 1
-            ctx.update(rows=b, cols=cols, params=params)
-            model(images)
+            ctx.update(rows=b, cols=cols, params=params, fired=0)
+            try:
+                model(images)
+            except _StopForward:
+                pass
             after_batch(done)
 
 
