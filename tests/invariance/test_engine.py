@@ -155,3 +155,26 @@ def test_vit_tokens_with_timm_model():
     rs = measure(net, ds, "rotation", params=3, samples=6, spatial=True)
     d = rs.shapes[r.layers[0]][-1]
     assert rs.per_unit(r.layers[0]).shape == (d,)  # averaged over tokens
+
+
+class Counter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+def test_the_rest_of_the_net_is_skipped_once_the_measured_layers_are_in():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), Counter(),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.Flatten())
+    early = measure(net, bordered_images(), "brightness", params=4, samples=12,
+                    layers=["1"], batch_size=8)
+    assert net[2].calls == 1  # the probe pass only
+    both = measure(net, bordered_images(), "brightness", params=4, samples=12,
+                   layers=["1", "4"], batch_size=8)
+    assert net[2].calls == 1 + 1 + 6  # probe + 6 batches of 2 samples x 4 values
+    for key in ("tv", "sv", "nv"):
+        np.testing.assert_array_equal(early.per_unit("1", key), both.per_unit("1", key))
