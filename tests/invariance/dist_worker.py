@@ -1,6 +1,9 @@
 """Run by test_distributed.py under torchrun: measure NV sharded over the processes.
 
-Usage: torchrun --nproc_per_node N dist_worker.py OUT.npz MEASURE
+Usage: torchrun --nproc_per_node N dist_worker.py OUT.npz MEASURE [RESUME_FILE [STOP_AT]]
+
+With RESUME_FILE the measurement is resumable (saved after every batch); with STOP_AT
+each process stops with an error after that many batches (an interruption).
 """
 
 from __future__ import annotations
@@ -29,17 +32,29 @@ def setup():
     return net, ds
 
 
-def run(name: str):
+class Stop(Exception):
+    pass
+
+
+def run(name: str, resume: str | None = None, stop: int | None = None):
     net, ds = setup()
+
+    def progress(done, total):
+        if done == stop:
+            raise Stop(f"stopped after {done} batches")
+
     r = measure(net, ds, "rotation", measure=name, samples=21, params=5,
-                layers=["0", "2", "4"], batch_size=10)
+                layers=["0", "2", "4"], batch_size=10, resume=resume, save_every=0,
+                progress=progress if stop else False)
     return {f"{layer}::{q}": v for layer in r.layers for q, v in r.values[layer].items()}
 
 
 if __name__ == "__main__":
     out, name = sys.argv[1], sys.argv[2]
+    resume = sys.argv[3] if len(sys.argv) > 3 else None
+    stop = int(sys.argv[4]) if len(sys.argv) > 4 else None
     dist.init_process_group("gloo")
-    values = run(name)
+    values = run(name, resume, stop)
     if dist.get_rank() == 0:
         np.savez(out, **values)
     dist.barrier()  # every rank has finished and rank 0 has written the result
