@@ -6,8 +6,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from viscope.data import CSVDataset
@@ -142,3 +144,82 @@ def test_skip_corrupt_drops_rows_with_a_bad_image_or_mask(table: Path, garbage: 
         "img/b.png",
         "masks/c.png",
     ]
+
+
+def test_palette_mask_uses_its_indices(table: Path) -> None:
+    # A 0/1 label map saved as a palette PNG whose colour 1 is dark red (luminance 38).
+    arr = np.zeros((10, 12), dtype=np.uint8)
+    arr[:, :6] = 1
+    palette = Image.fromarray(arr, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0])
+    palette.save(table.parent / "masks" / "b.png")
+    mask = CSVDataset(table, size=None)[1][2]
+    assert mask[:, :, :6].sum() == 60 and mask[:, :, 6:].sum() == 0
+
+
+def test_sixteen_bit_masks(table: Path) -> None:
+    for name, on in (("a", 65535), ("b", 1)):
+        arr = np.zeros((10, 12), dtype=np.uint16)
+        arr[2:6, 3:9] = on
+        Image.fromarray(arr).save(table.parent / "masks" / f"{name}.png")
+    low = np.zeros((10, 12), dtype=np.uint16)
+    low[2:6, 3:9] = 1000  # under half of the 16-bit range
+    Image.fromarray(low).save(table.parent / "masks" / "c.png")
+    ds = CSVDataset(table, size=None)
+    expected = torch.zeros(1, 10, 12)
+    expected[:, 2:6, 3:9] = 1
+    assert torch.equal(ds[0][2], expected) and torch.equal(ds[1][2], expected)
+    assert ds[2][2].sum() == 0
+
+
+def test_exif_rotated_image_stays_aligned_with_its_mask(table: Path) -> None:
+    # The image is stored 10 wide x 12 high with orientation 8 (shown 12 wide x 10 high);
+    # the mask was drawn on the image as shown.
+    stored = Image.new("RGB", (12, 10), (255, 0, 0))
+    stored.paste((0, 0, 255), (3, 2, 9, 6))  # blue where mask a.png is on
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    stored.transpose(Image.Transpose.ROTATE_270).save(
+        table.parent / "img" / "a.jpg", exif=exif, quality=100, subsampling=0
+    )
+    table.write_text("path,label,mask_path\nimg/a.jpg,x,masks/a.png\n")
+    image, _, mask = CSVDataset(table, size=None)[0]
+    assert image.shape == (3, 10, 12) and mask.shape == (1, 10, 12)
+    on = mask[0] == 1
+    assert image[2][on].mean() > 0.8 and image[2][~on].mean() < 0.3
+    image, _, mask = CSVDataset(table, size=(5, 6))[0]  # bilinear blurs the block's edge
+    on = mask[0] == 1
+    assert image[2][on].mean() > 0.6 and image[2][~on].mean() < 0.25
+
+
+def test_non_utf8_csv_raises_naming_the_file(tmp_path: Path, write_png: Callable) -> None:
+    write_png(tmp_path / "a.png")
+    csv = tmp_path / "latin.csv"
+    csv.write_bytes("path,label\na.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ViscopeError, match=r"latin\.csv.*UTF-8"):
+        CSVDataset(csv)
+
+
+def test_relative_csv_survives_a_change_of_working_directory(
+    table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(table.parent.parent)
+    ds = CSVDataset(Path(table.parent.name) / table.name, size=8)
+    monkeypatch.chdir(table.parent / "img")
+    assert ds[0][0].shape == (3, 8, 8) and ds[0][2].sum() > 0
+
+
+def test_skip_corrupt_counts_each_file_once_and_reports_rows(table: Path, garbage: bytes) -> None:
+    (table.parent / "masks" / "c.png").write_bytes(garbage)
+    table.write_text(
+        "path,label,mask_path\n"
+        "img/a.png,x,masks/c.png\n"
+        "img/b.png,y,masks/c.png\n"
+        "img/c.png,y,masks/a.png\n"
+    )
+    with pytest.warns(UserWarning) as caught:
+        ds = CSVDataset(table, size=8, skip_corrupt=True)
+    message = str(caught[0].message)
+    assert "Skipped 1 unreadable image file(s) of 5" in message, message
+    assert "2 of 3 rows" in message, message
+    assert [Path(p).name for p in ds.skipped] == ["c.png"] and len(ds) == 1

@@ -96,7 +96,7 @@ def test_unknown_option_and_bad_n(folder: Path) -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["base", "splits", "shapes", "digits", "folder", "table", "factory", "__init__"],
+    ["base", "splits", "shapes", "digits", "faces", "folder", "table", "factory", "__init__"],
 )
 def test_docstring_examples_run(module: str) -> None:
     name = "viscope.data" if module == "__init__" else f"viscope.data.{module}"
@@ -108,3 +108,16 @@ def test_docstring_examples_run(module: str) -> None:
 def test_bad_seed(seed: object) -> None:
     with pytest.raises(ViscopeError, match="Expected seed to be a non-negative integer"):
         create("shapes", n=5, seed=seed)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_builtins_never_touch_the_network(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"dataset {name!r} tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    assert len(create(name, size=8, n=10)) == 10

@@ -6,8 +6,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from viscope.data import ImageFolder
@@ -101,3 +103,53 @@ def test_mixed_sizes_need_a_size(folder: Path, write_png: Callable) -> None:
 def test_bad_size(folder: Path, size: object) -> None:
     with pytest.raises(ViscopeError, match="Expected image size"):
         ImageFolder(folder, size=size)  # type: ignore[arg-type]
+
+
+def test_skip_corrupt_skips_a_truncated_jpeg(folder: Path) -> None:
+    # Image.verify() does not decode JPEG data: a truncated JPEG passes it but fails later.
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / "a.jpg")
+    data = (folder / "a.jpg").read_bytes()
+    (folder / "dog" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "a.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable.*cut\.jpg"):
+        ds = ImageFolder(folder, size=8, skip_corrupt=True)
+    assert [Path(p).name for p in ds.skipped] == ["cut.jpg"] and len(ds) == 5
+    assert all(ds[i][0].shape == (3, 8, 8) for i in range(len(ds)))
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.full((6, 5), 32768, dtype=np.uint16)).save(root / "a" / "half.png")
+    Image.fromarray(np.full((6, 5), 65535, dtype=np.uint16)).save(root / "a" / "white.png")
+    ds = ImageFolder(root, size=None)
+    half, white = ds[0][0], ds[1][0]
+    assert half.shape == (3, 6, 5)
+    assert torch.allclose(half, torch.full_like(half, 0.5), atol=1 / 255)
+    assert torch.equal(white, torch.ones_like(white))
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    # Stored 12 wide x 10 high, left half blue; orientation 6 shows it rotated 90 degrees
+    # clockwise: 10 wide x 12 high, top half blue.
+    root = tmp_path / "phone"
+    (root / "a").mkdir(parents=True)
+    stored = Image.new("RGB", (12, 10), (255, 0, 0))
+    stored.paste((0, 0, 255), (0, 0, 6, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(root / "a" / "photo.jpg", exif=exif, quality=100)
+    image = ImageFolder(root, size=None)[0][0]
+    assert image.shape == (3, 12, 10)
+    assert image[2, :5].mean() > 0.9 and image[2, 7:].mean() < 0.1
+    assert image[0, 7:].mean() > 0.9
+
+
+def test_paths_survive_a_change_of_working_directory(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(folder.parent)
+    ds = ImageFolder(folder.name, size=8)
+    monkeypatch.chdir(folder / "cat")
+    assert ds[3][0].shape == (3, 8, 8)

@@ -172,3 +172,15 @@ def test_out_of_range_index_raises_index_error(shapes: ShapesDataset) -> None:
     with pytest.raises(IndexError):
         shapes[2000]
     assert len(list(iter(ShapesDataset(n=3)))) == 3
+
+
+def test_float32_whatever_the_default_dtype() -> None:
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cached, lazy = ShapesDataset(n=3), ShapesDataset(n=3, cache=False)
+    finally:
+        torch.set_default_dtype(before)
+    for ds in (cached, lazy):
+        assert ds[1][0].dtype == torch.float32 and ds[1][2].dtype == torch.float32
+    assert torch.equal(cached[1][0], lazy[1][0])

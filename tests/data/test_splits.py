@@ -94,3 +94,24 @@ def test_unknown_split() -> None:
 def test_subset_rejects_bad_indices() -> None:
     with pytest.raises(ViscopeError, match="Expected subset indices in 0..99"):
         SubsetDataset(create("shapes", n=100), [0, 100])
+
+
+def test_a_class_never_gets_more_than_the_ceiling_of_its_share() -> None:
+    # Class 1 has 2 items and train's share of it is exactly 1: it must not get both.
+    labels = np.array([0, 0, 0, 1, 1])
+    parts = split_indices(labels, (0.5, 0.25, 0.25), seed=0)
+    assert (labels[parts["train"]] == 1).sum() == 1
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        counts = rng.integers(1, 12, size=int(rng.integers(1, 6)))
+        labels = np.repeat(np.arange(len(counts)), counts)
+        f = np.round(rng.dirichlet(np.ones(3)), 2)
+        fractions = (f[0], f[1], 1 - f[0] - f[1])
+        if fractions[2] < 0:
+            continue
+        parts = split_indices(labels, fractions, seed=int(rng.integers(100)))
+        for share, idx in zip(fractions, parts.values(), strict=True):
+            assert abs(len(idx) - share * len(labels)) < 1.5
+            for c, n_c in enumerate(counts):
+                got = (labels[idx] == c).sum()
+                assert np.floor(n_c * share + 1e-9) <= got <= np.ceil(n_c * share - 1e-9)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from viscope.errors import ViscopeError
 
@@ -17,6 +17,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIP_HINT = "Fix or remove the file, or pass skip_corrupt=True to skip unreadable files."
 _SHOW = 5  # how many file names an error or warning lists
+_ORIENTATION = 0x0112  # EXIF tag; values 5..8 swap width and height
+_WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16/32-bit greyscale modes
 
 Size = tuple[int, int]
 
@@ -49,11 +51,16 @@ def is_image_file(path: Path) -> bool:
 
 
 def readable(path: Path) -> bool:
-    """Cheap check that ``path`` is an image PIL can parse (``Image.verify``, no decoding)."""
+    """Whether ``path`` is an image PIL can parse (``Image.verify``) and decode.
+
+    ``verify`` alone does not decode the pixels (a truncated JPEG passes it), so the file
+    is also decoded, as reading it later will.
+    """
     try:
         with Image.open(path) as im:
             im.verify()
-    except _READ_ERRORS:
+        _open(path, "RGB")
+    except _READ_ERRORS:  # ViscopeError, from _open, is a ValueError
         return False
     return True
 
@@ -66,18 +73,33 @@ def drop_unreadable(paths: Sequence[Path], what: str) -> tuple[list[bool], list[
         what: Where they come from, for the warning (``"image folder 'x'"``).
 
     Returns:
-        ``(keep, skipped)``: one flag per path, and the unreadable paths as strings.
+        ``(keep, skipped)``: one flag per path, and the distinct unreadable paths as strings.
     """
-    keep = [readable(p) for p in paths]
-    skipped = [str(p) for p, ok in zip(paths, keep, strict=True) if not ok]
+    keep, skipped = find_unreadable(paths)
+    warn_skipped(skipped, len(set(paths)), what, stacklevel=4)
+    return keep, skipped
+
+
+def find_unreadable(paths: Sequence[Path]) -> tuple[list[bool], list[str]]:
+    """Check each distinct file once: ``(one keep-flag per path, distinct unreadable paths)``."""
+    ok = {p: readable(p) for p in dict.fromkeys(paths)}
+    return [ok[p] for p in paths], [str(p) for p, good in ok.items() if not good]
+
+
+def warn_skipped(
+    skipped: Sequence[str], files: int, what: str, rows: str = "", stacklevel: int = 3
+) -> None:
+    """Warn once, if ``skipped`` is not empty, that those of ``files`` files were unreadable.
+
+    ``rows`` (e.g. ``" (dropping 2 of 3 rows)"``) follows the count.
+    """
     if skipped:
         more = f" and {len(skipped) - _SHOW} more" if len(skipped) > _SHOW else ""
         warnings.warn(
-            f"Skipped {len(skipped)} unreadable image file(s) of {len(paths)} in {what}: "
+            f"Skipped {len(skipped)} unreadable image file(s) of {files} in {what}{rows}: "
             f"{', '.join(skipped[:_SHOW])}{more}. The dataset's .skipped lists them all.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return keep, skipped
 
 
 def header_size(path: Path) -> Size:
@@ -89,6 +111,8 @@ def header_size(path: Path) -> Size:
     try:
         with Image.open(path) as im:
             width, height = im.size
+            if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
     except _READ_ERRORS as err:
         raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
     return (height, width)
@@ -114,8 +138,23 @@ def check_same_size(paths: Sequence[Path], what: str) -> None:
 
 
 def _open(path: Path, mode: str) -> Image.Image:
+    """Decode ``path`` as shown (EXIF orientation applied) and convert it to ``mode``.
+
+    16-bit greyscale is scaled to 8 bits (PIL's ``convert`` would clip it at 255), except
+    for a mask (``mode="L"``) whose values are all 0 or 1. A palette mask keeps its indices
+    (not its colours' luminance).
+    """
     try:
         with Image.open(path) as im:
+            if im.getexif().get(_ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
+            if im.mode in _WIDE_GREY:
+                arr = np.asarray(im, dtype=np.float64)
+                if mode != "L" or arr.max(initial=0.0) > 1.0:
+                    arr = arr / 257.0
+                im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+            elif im.mode == "P" and mode == "L":
+                im = Image.fromarray(np.asarray(im, dtype=np.uint8), "L")
             return im.convert(mode)
     except _READ_ERRORS as err:
         raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
@@ -139,7 +178,8 @@ def load_mask(path: Path, size: Size | None) -> torch.Tensor:
 
     The mask is read as greyscale and thresholded at half its range: values of 0..255
     are scaled to [0, 1] first, while an image whose values are all 0 or 1 (a label map
-    saved as 8 bits) is used as is.
+    saved as 8 or 16 bits, or as palette indices) is used as is; 16-bit values are scaled
+    to 8 bits first.
 
     Raises:
         ViscopeError: The file cannot be decoded; the message names it.

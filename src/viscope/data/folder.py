@@ -67,6 +67,7 @@ class ImageFolder(VisionDataset):
         if not root.is_dir():
             state = "is a file, not a folder" if root.exists() else "does not exist"
             raise ViscopeError(f"Image folder '{root}' {state}. {_layout_hint(root)}")
+        root = root.absolute()  # the paths still hold if the working directory changes later
         self.root = root
         self.size = resolve_size(size)
         class_dirs = sorted(

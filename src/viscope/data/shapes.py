@@ -306,8 +306,8 @@ class ShapesDataset(VisionDataset):
         return sample_params(self.seed, index, self.size)
 
     def _render_all(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.empty(len(self), 3, self.size, self.size)
-        masks = torch.empty(len(self), 1, self.size, self.size)
+        images = torch.empty(len(self), 3, self.size, self.size, dtype=torch.float32)
+        masks = torch.empty(len(self), 1, self.size, self.size, dtype=torch.float32)
         for start in range(0, len(self), chunk):
             stop = min(start + chunk, len(self))
             batch = [self.params(i) for i in range(start, stop)]

@@ -91,10 +91,12 @@ def split_indices(
         wanted += ideal
         left = len(members) - int(counts.sum())
         if left > 0:
-            # Any choice keeps this class within one item of its share; giving the extra
-            # items to the splits furthest below their running target keeps totals close too.
-            deficit = wanted - given - counts
-            order = np.lexsort((-(ideal - counts), -np.round(deficit, 9)))
+            # Only a split whose share of this class is fractional may round up (else it
+            # would get ceil + 1); among those, the extra items go to the splits furthest
+            # below their running target, which keeps the totals close too.
+            rest = ideal - counts
+            deficit = np.where(rest > 1e-9, np.round(wanted - given - counts, 9), -np.inf)
+            order = np.lexsort((-rest, -deficit))
             counts[order[:left]] += 1
         given += counts
         bounds = np.concatenate([[0], np.cumsum(counts)])

@@ -11,10 +11,11 @@ from pathlib import Path
 from viscope.data.base import Item, VisionDataset
 from viscope.data.files import (
     check_same_size,
-    drop_unreadable,
+    find_unreadable,
     load_mask,
     load_rgb,
     resolve_size,
+    warn_skipped,
 )
 from viscope.errors import ViscopeError
 
@@ -71,7 +72,8 @@ class CSVDataset(VisionDataset):
                 f"CSV file '{csv_path}' does not exist. Expected a CSV with the header "
                 "path,label[,mask_path] and one row per image."
             )
-        base = Path(root) if root is not None else csv_path.parent
+        # Absolute, so that the paths still hold if the working directory changes later.
+        base = (Path(root) if root is not None else csv_path.parent).absolute()
         if not base.is_dir():
             raise ViscopeError(f"Expected root to be a folder; got '{base}', which is not one.")
         self.csv_path, self.root = csv_path, base
@@ -88,11 +90,13 @@ class CSVDataset(VisionDataset):
         self.skipped: list[str] = []
         what = f"CSV '{csv_path}'"
         if skip_corrupt:
-            keep, self.skipped = drop_unreadable(images + masks, what)
+            keep, self.skipped = find_unreadable(images + masks)
             ok = [
                 keep[i] and (not self.has_masks or keep[len(images) + i])
                 for i in range(len(images))
             ]
+            dropped = f" (dropping {ok.count(False)} of {len(ok)} rows)"
+            warn_skipped(self.skipped, len(set(images + masks)), what, dropped)
             images = [p for p, k in zip(images, ok, strict=True) if k]
             masks = [p for p, k in zip(masks, ok, strict=True) if k] if self.has_masks else []
             labels = [t for t, k in zip(labels, ok, strict=True) if k]
@@ -119,6 +123,16 @@ class CSVDataset(VisionDataset):
 
 def _read_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
     """Rows as ``(line number, {column: stripped value})``; checks the header."""
+    try:
+        return _parse_rows(csv_path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ViscopeError(
+            f"Cannot read CSV file '{csv_path}': {err}. Expected a UTF-8 text file with the "
+            "header path,label[,mask_path]; save it as UTF-8."
+        ) from None
+
+
+def _parse_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f, skipinitialspace=True)
         header = [h.strip() for h in (reader.fieldnames or [])]
