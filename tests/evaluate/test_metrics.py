@@ -119,3 +119,125 @@ def test_spearman_matches_scipy() -> None:
     b = torch.tensor([[1.0, 0.0, 0.0, 3.0, 2.0, 2.0]])
     expected = stats.spearmanr(a[0].numpy(), b[0].numpy()).statistic
     assert abs(float(V.spearman(a, b)[0]) - expected) < 1e-12
+
+
+def _one_line_error(call, match: str) -> None:
+    with pytest.raises(ViscopeError, match=match) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_bad_maps_and_baselines_give_one_line_errors(net) -> None:
+    images = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    maps = torch.rand(2, 8, 8, dtype=torch.float64)
+    bad = maps.clone()
+    bad[1, 2, 3] = float("nan")
+    masks = torch.ones(2, 8, 8)
+    for call in (lambda: V.deletion_auc(net, images, bad, 0, steps=2),
+                 lambda: V.road(net, images, bad, 0, fractions=(0.5,)),
+                 lambda: V.peds(net, images, bad, 0),
+                 lambda: V.pointing_game(bad, masks),
+                 lambda: V.energy_pointing_game(bad, masks),
+                 lambda: V.iou(bad, masks)):
+        _one_line_error(call, "NaN")
+    _one_line_error(lambda: V.iou(maps[0], masks[0]), "Expected maps")  # (H, W): no batch
+    _one_line_error(lambda: V.deletion_auc(net, images, maps, 0, steps=2,
+                                           baseline=torch.zeros(2, 3, 4, 4)), "baseline")
+    _one_line_error(lambda: V.peds(net, images, maps * 3, 0), r"\[0, 1\]")
+
+
+def test_deletion_order_keeps_the_maps_precision() -> None:
+    seen = []
+
+    def model(x):
+        seen.append(x.clone())
+        return torch.stack([x.float().sum((1, 2, 3)), torch.zeros(x.shape[0])], dim=1)
+
+    images = torch.ones(1, 1, 4, 4, dtype=torch.float16)
+    maps = (1 + 1e-4 * torch.arange(16, dtype=torch.float64)).view(1, 4, 4)  # ties in fp16
+    V.deletion_curve(model, images, maps, 0, steps=16)
+    for k, x in enumerate(seen):  # step k removes the k largest values of the float64 map
+        assert (x[0, 0] == 0).flatten().nonzero().flatten().tolist() == list(range(16 - k, 16))
+
+
+def test_road_batch_equals_single_images(net) -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(3, 3, 12, 12, generator=g, dtype=torch.float64)
+    maps = torch.rand(3, 12, 12, generator=g, dtype=torch.float64)
+    batch = V.road(net, images, maps, [0, 1, 2], fractions=(0.2, 0.6))
+    singles = torch.cat([V.road(net, images[i:i + 1], maps[i:i + 1], [i], fractions=(0.2, 0.6))
+                         for i in range(3)])
+    torch.testing.assert_close(batch, singles)
+
+
+def _dense_impute(image, removed):
+    """ROAD's linear system solved directly, built with a Python loop over the pixels."""
+    h, w = removed.shape
+    unknown = [(r, c) for r in range(h) for c in range(w) if removed[r, c]]
+    index = {p: i for i, p in enumerate(unknown)}
+    a = torch.zeros(len(unknown), len(unknown), dtype=torch.float64)
+    b = torch.zeros(len(unknown), image.shape[0], dtype=torch.float64)
+    for (r, c), i in index.items():
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                if (dr, dc) == (0, 0) or not (0 <= rr < h and 0 <= cc < w):
+                    continue
+                wt = 1 / 12 if dr and dc else 1 / 6
+                a[i, i] += wt
+                if (rr, cc) in index:
+                    a[i, index[rr, cc]] -= wt
+                else:
+                    b[i] += wt * image[:, rr, cc]
+    out = image.clone()
+    sol = torch.linalg.solve(a, b)
+    for (r, c), i in index.items():
+        out[:, r, c] = sol[i]
+    return out
+
+
+def test_noisy_linear_imputation_solves_large_holes_exactly() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64)
+    removed = torch.rand(2, 1, 24, 24, generator=g) < 0.2
+    removed[0, :, 3:21, 3:21] = True  # a large hole: its interior is far from known pixels
+    removed[1, :, 10:, :] = True  # everything below row 10, borders included
+    out = V.noisy_linear_impute(images, removed, noise=0.0)
+    for i in range(2):
+        torch.testing.assert_close(out[i], _dense_impute(images[i], removed[i, 0]),
+                                   atol=1e-8, rtol=0)
+
+
+def test_pointing_game_tolerance_equals_a_brute_force_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, 9, 9, generator=g) > 0.93
+    masks[0] = False
+    masks[0, 4, 4] = True
+    inside = masks.nonzero().tolist()
+    for tol in (1, 2, 3):
+        for r in range(9):
+            for c in range(9):
+                maps = torch.zeros(3, 9, 9)
+                maps[:, r, c] = 1.0
+                expected = [any(max(abs(r - i), abs(c - j)) <= tol
+                                for b, i, j in inside if b == k) for k in range(3)]
+                assert V.pointing_game(maps, masks, tolerance=tol).tolist() == expected
+
+
+def test_model_randomization_single_element_parameters_and_default_cascade() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.PReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3)).eval()
+    out = V.model_randomization(net, torch.rand(2, 3, 8, 8), "gradcam", 0, layer="0",
+                                layers=["4", "1"])
+    assert list(out) == ["4", "1"] and all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_default_cascade_reaches_the_stem() -> None:
+    from viscope import models
+    from viscope.evaluate.sanity import _cascade
+    from viscope.models import unwrap
+
+    model = models.create("resnet18", num_classes=3)
+    names = _cascade(unwrap(model), model)
+    assert names[0] == "fc" and names[-3:] == ["layer1.0", "bn1", "conv1"]

@@ -9,19 +9,43 @@ from viscope.errors import ViscopeError
 from viscope.explain.targets import Target, TargetArg, resolve_target
 
 
+def check_finite(maps: torch.Tensor) -> None:
+    """Raise a :class:`ViscopeError` if any map holds NaN or infinite values."""
+    bad = ~torch.isfinite(maps.flatten(1)).all(dim=1)
+    if bad.any():
+        raise ViscopeError(
+            f"Expected finite maps; maps {bad.nonzero().flatten().tolist()} hold NaN or inf "
+            "values. Recompute them (e.g. with the model in float32) or replace the values "
+            "with torch.nan_to_num(maps)."
+        )
+
+
 def check_maps(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-    """Maps (B, H, W) matching images (B, C, H, W), on the images' device."""
+    """Maps (B, H, W) matching images (B, C, H, W), on the images' device, finite.
+
+    The maps keep their own floating dtype, so that their order is not coarsened to the
+    images' precision (float16 images would merge close values into ties).
+    """
     if images.ndim != 4 or maps.shape != (images.shape[0], *images.shape[-2:]):
         raise ViscopeError(
             f"Expected maps (B, H, W) = {(images.shape[0], *images.shape[-2:])} for images "
             f"{tuple(images.shape)}; got {tuple(maps.shape)}. Pass the maps that "
             "viscope.explain.attribute returned for these images."
         )
-    return maps.to(images.device, images.dtype)
+    check_finite(maps)
+    if not maps.is_floating_point():
+        maps = maps.to(images.dtype if images.is_floating_point() else torch.float32)
+    return maps.to(images.device)
 
 
 def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Ground-truth masks (B, H, W) or (B, 1, H, W) as a boolean (B, H, W) tensor."""
+    if maps.ndim != 3:
+        raise ViscopeError(
+            f"Expected maps (B, H, W); got {tuple(maps.shape)}. For a single map pass "
+            "maps[None] (and masks[None])."
+        )
+    check_finite(maps)
     if masks.ndim == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.shape != maps.shape:

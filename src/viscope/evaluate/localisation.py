@@ -21,7 +21,9 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -
     Args:
         maps: (B, H, W).
         masks: (B, H, W) or (B, 1, H, W) in {0, 1}.
-        tolerance: pixels by which the mask is dilated (the original paper uses 15 at 224 px).
+        tolerance: pixels by which the mask is dilated with a square kernel, so a hit
+            is a point within this Chebyshev distance of the mask (the original paper uses
+            15 at 224 px; TorchRay's benchmark uses a Euclidean radius instead).
 
     Returns:
         (B,) booleans; the first maximum (in pixel order) is the point.

@@ -44,7 +44,8 @@ def _reinit(module: nn.Module, generator: torch.Generator) -> None:
     with torch.no_grad():
         for p in module.parameters():
             noise = torch.randn(p.shape, generator=generator).to(p)
-            p.copy_(noise * (p.std() if p.numel() > 1 else 1.0).clamp(min=1e-2))
+            scale = p.std().clamp(min=1e-2) if p.numel() > 1 else 1.0
+            p.copy_(noise * scale)
 
 
 def model_randomization(
@@ -59,8 +60,10 @@ def model_randomization(
         method: attribution method (``viscope.explain.list_methods()``).
         target: as for :func:`viscope.explain.attribute`; ``None`` fixes the class
             predicted by the original model, so every map explains the same class.
-        layers: module names randomised cumulatively, top first (default: the model's
-            default layers, reversed, after the modules that follow them such as the head).
+        layers: module names randomised cumulatively, top first (default: the modules
+            that follow the model's default layers, such as the head, then those layers,
+            then the modules before them (the stem), each group reversed, so that the last
+            step leaves the whole network random as in the paper).
         seed: seed of the new weights.
         **options: passed to :func:`~viscope.explain.attribute` (``layer=``, ...).
 
@@ -91,7 +94,10 @@ def _cascade(net: nn.Module, model: nn.Module) -> list[str]:
     blocks = default_layers(model)
     children = [n for n, m in net.named_children() if any(True for _ in m.parameters())]
     last_top = blocks[-1].split(".")[0] if blocks else None
-    after = []
+    first_top = blocks[0].split(".")[0] if blocks else None
+    after, before = [], []
     if last_top in children:
         after = children[children.index(last_top) + 1 :]
-    return list(reversed(after)) + list(reversed(blocks))
+    if first_top in children:
+        before = children[: children.index(first_top)]
+    return list(reversed(after)) + list(reversed(blocks)) + list(reversed(before))
