@@ -156,6 +156,50 @@ def test_batch_augment_unit() -> None:
         BatchAugment(family, p=-0.1)
 
 
+class _RecordingFamily(transforms.Family):
+    """Brightness-like family that records the device of the parameters it is given."""
+
+    name = "recording"
+    param_names = ("value",)
+    low = (0.0,)
+    high = (1.0,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: list[torch.Tensor] = []
+
+    def apply(self, images: torch.Tensor, params: Any) -> torch.Tensor:
+        self.params.append(params)
+        return images + 0.0
+
+
+def test_partial_augmentation_hands_cpu_params_to_any_device() -> None:
+    # Parameters are drawn on the CPU; with p < 1 the chosen ones must be picked there too
+    # (indexing a CPU tensor with a CUDA index raises). "meta" stands in for a GPU.
+    family = _RecordingFamily()
+    aug = BatchAugment(family, p=0.5, seed=0)
+    out = aug(torch.zeros(16, 3, 4, 4, device="meta"))
+    assert out.device.type == "meta" and aug.last_applied.device.type == "meta"
+    replay = torch.Generator().manual_seed(0)
+    drawn = family.sample(16, replay, device="cpu", dtype=torch.float32)
+    chosen = torch.rand(16, generator=replay) < 0.5
+    assert 0 < int(chosen.sum()) < 16 and len(family.params) == 1
+    assert family.params[0].device.type == "cpu"
+    assert torch.equal(family.params[0], drawn[chosen])  # the chosen images' own values
+    invert = BatchAugment(transforms.create("invert"), p=0.5, seed=0)
+    assert invert(torch.zeros(16, 3, 4, 4, device="meta")).shape == (16, 3, 4, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_partial_augmentation_on_cuda_matches_cpu() -> None:
+    x = torch.rand(16, 3, 8, 8)
+    cpu = BatchAugment(transforms.create("rotation"), p=0.5, seed=3)
+    gpu = BatchAugment(transforms.create("rotation"), p=0.5, seed=3)
+    expected, got = cpu(x), gpu(x.cuda())
+    assert torch.equal(cpu.last_applied, gpu.last_applied.cpu())
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=0)
+
+
 def test_augmentation_runs_outside_autocast(tiny_vit: ModelFactory) -> None:
     module = Classifier(tiny_vit(2), 2, augment="rotation")
     x = torch.rand(4, 3, 32, 32)

@@ -79,6 +79,14 @@ def test_strong_transform_gives_a_probability(
 ) -> None:
     acc = evaluate(tiny_vit(), shapes, transform=name)
     assert isinstance(acc, float) and 0.0 <= acc <= 1.0
+    # and it is the accuracy on the images each transformed with its own seeded value
+    model, family = pooled_linear(), transforms.create(name)
+    images, labels = _all(shapes)
+    values = family.sample(len(shapes), torch.Generator().manual_seed(0))
+    expected = _reference(model, family.apply(images, values), labels)
+    assert evaluate(model, shapes, transform=name, batch_size=96) == pytest.approx(
+        expected, abs=1e-12
+    )
 
 
 def test_model_mode_device_and_grads_restored(
@@ -91,6 +99,21 @@ def test_model_mode_device_and_grads_restored(
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert all(p.grad is None for p in model.parameters())
     assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_model_in_another_float_dtype_gets_images_in_its_dtype(
+    dtype: torch.dtype, shapes: data.VisionDataset
+) -> None:
+    # e.g. after fit(precision="bf16-true"), which trains the model in bfloat16
+    model = pooled_linear().to(dtype)
+    images, labels = _all(shapes)
+    expected = _reference(model, images.to(dtype), labels)
+    assert evaluate(model, shapes, batch_size=64) == pytest.approx(expected, abs=1e-12)
+    family = transforms.create("rotation")
+    values = family.sample(len(shapes), torch.Generator().manual_seed(0))
+    expected = _reference(model, family.apply(images, values).to(dtype), labels)
+    assert evaluate(model, shapes, transform=family) == pytest.approx(expected, abs=1e-12)
 
 
 def test_bad_arguments(

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from viscope import data, models
+from viscope import data, models, transforms
 from viscope.errors import ViscopeError
 from viscope.train import evaluate, fit
 
@@ -121,6 +121,20 @@ def test_second_call_returns_stored_result_without_training(
     assert same_state(model, finished_run.result.model)  # the given model got best.pt
 
 
+def test_returned_model_is_in_eval_mode(
+    tiny_vit: ModelFactory, run_config: dict[str, Any], finished_run: Any, tmp_path: Path
+) -> None:
+    # The model fit hands back is for inference: dropout / drop-path off, BatchNorm frozen,
+    # whether it was trained now or the stored run was loaded into it.
+    assert not any(m.training for m in finished_run.result.model.modules())
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run.result.out, out)
+    model = tiny_vit().train()
+    again = fit(model, out=out, **{k: v for k, v in run_config.items() if k != "model_kwargs"})
+    assert again.skipped and again.model is model
+    assert not any(m.training for m in model.modules())
+
+
 @pytest.mark.parametrize(
     ("change", "key"),
     [({"seed": 4}, "seed"), ({"augment": "brightness"}, "augment.name"), ({"lr": 1e-2}, "lr")],
@@ -134,6 +148,51 @@ def test_changed_config_is_refused(
         fit("test_vit", out=out, **{**run_config, **change})
     assert "another out=" in str(err.value)
     assert json.loads((out / "train.json").read_text())["config"]["seed"] == 3  # untouched
+
+
+@pytest.mark.parametrize(
+    ("family", "key"),
+    [
+        (transforms.create("rotation", mode="nearest"), "augment.options"),
+        (transforms.create("rotation", low=-10, high=10), "augment.high"),
+    ],
+)
+def test_changed_family_options_are_refused(
+    run_config: dict[str, Any], finished_run: Any, tmp_path: Path, family: Any, key: str
+) -> None:
+    # Interpolation (and perspective's direction seed) change what the model is trained
+    # on, as the range does: a finished run must not be returned for them.
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run.result.out, out)
+    with pytest.raises(ViscopeError, match=rf"{key}: .*overwrite=True"):
+        fit("test_vit", out=out, **{**run_config, "augment": family})
+
+
+def test_family_description_records_non_default_options_only() -> None:
+    from viscope.train import describe_family
+
+    default = describe_family(transforms.create("rotation"))
+    assert default == describe_family(transforms.create("rotation", mode="bilinear"))
+    assert "options" not in default  # records of default families are unchanged
+    assert describe_family(transforms.create("rotation", mode="nearest"))["options"] == {
+        "mode": "nearest"
+    }
+    assert describe_family(transforms.create("perspective", seed=2))["options"] == {"seed": 2}
+
+
+def test_dict_of_datasets_at_another_image_size_is_refused(
+    make_separable: Callable[..., Any], tiny_vit: ModelFactory, tmp_path: Path
+) -> None:
+    # A dict of datasets records no image_size; the same items at another resolution
+    # (same indices and labels) are another run, not the finished one.
+    def splits(size: int) -> Splits:
+        return {s: make_separable(32, i, size=size) for i, s in enumerate(("train", "val"))}
+
+    fit(tiny_vit(2), splits(32), out=tmp_path, epochs=1, batch_size=32, progress=False)
+    with pytest.raises(ViscopeError, match=r"splits\.train\.image_shape: .*overwrite=True"):
+        fit(tiny_vit(2), splits(24), out=tmp_path, epochs=1, batch_size=32, progress=False)
+    again = fit(tiny_vit(2), splits(32), out=tmp_path, epochs=1, batch_size=32, progress=False)
+    assert again.skipped
 
 
 def test_overwrite_retrains_with_new_config(
@@ -187,6 +246,7 @@ def test_model_learns_a_separable_task(
         "size": 128,
         "sha256_of": "labels",
         "sha256": record["config"]["splits"]["train"]["sha256"],
+        "image_shape": [3, 32, 32],
     }
     assert record["config"]["image_size"] is None
 
@@ -197,6 +257,21 @@ def test_model_learns_shapes(tmp_path: Path) -> None:
         model, "shapes", out=tmp_path, n=1000, epochs=8, batch_size=32, lr=3e-3, progress=False
     )
     assert result.test_acc is not None and result.test_acc > 0.45  # chance: 0.2
+
+
+def test_true_precision_run_finishes_and_reports_its_test_accuracy(
+    tiny_vit: ModelFactory, separable: Splits, tmp_path: Path
+) -> None:
+    # "bf16-true" trains the model itself in bfloat16 (CPU too); the final test evaluation
+    # must feed it bfloat16 images instead of failing after the whole training.
+    model = tiny_vit(2)
+    result = fit(
+        model, separable, out=tmp_path, epochs=1, batch_size=64, precision="bf16-true",
+        augment="rotation", progress=False,
+    )
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert result.test_acc is not None
+    assert result.test_acc == evaluate(model, separable["test"])
 
 
 def test_argument_errors(tiny_vit: ModelFactory, separable: Splits, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ kept (``last_params``, ``last_applied``) so that what the model saw can be repla
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -51,16 +53,40 @@ def describe_family(family: Family | None) -> dict[str, object] | None:
         family: the family or ``None``.
 
     Returns:
-        ``{"name", "class", "low", "high"}``, or ``None`` for no family.
+        ``{"name", "class", "low", "high"}``, plus ``"options"`` with the constructor
+        options that differ from their defaults (e.g. ``{"mode": "nearest"}``), or
+        ``None`` for no family.
     """
     if family is None:
         return None
-    return {
+    described: dict[str, object] = {
         "name": family.name or type(family).__name__,
         "class": f"{type(family).__module__}.{type(family).__qualname__}",
         "low": list(family.low),
         "high": list(family.high),
     }
+    options = _non_default_options(family)
+    if options:
+        described["options"] = options
+    return described
+
+
+def _non_default_options(family: Family) -> dict[str, object]:
+    """Constructor options other than the range, kept as same-named attributes, whose
+    plain values differ from the defaults (interpolation mode, perspective's seed)."""
+    try:
+        parameters = inspect.signature(type(family)).parameters
+    except (TypeError, ValueError):
+        return {}
+    options: dict[str, object] = {}
+    for name, parameter in parameters.items():
+        if name in ("low", "high") or not hasattr(family, name):
+            continue
+        value = getattr(family, name)
+        if not isinstance(value, str | int | float | bool) or value == parameter.default:
+            continue
+        options[name] = value
+    return options
 
 
 def mix_seed(*parts: int) -> int:
@@ -87,8 +113,8 @@ class BatchAugment:
         seed: seed of the generator (reseed with :meth:`reseed`).
 
     Attributes:
-        last_params: the parameters drawn at the last call, (B,) or (B, k), on the
-            images' device (drawn for every image, used only where ``last_applied``).
+        last_params: the parameters drawn at the last call, (B,) or (B, k), on the CPU
+            (drawn for every image, used only where ``last_applied``).
         last_applied: bool (B,) mask of the images transformed at the last call.
 
     Raises:
@@ -138,11 +164,12 @@ class BatchAugment:
         else:
             # Which images to transform is decided on the CPU, so no device sync is needed.
             chosen = torch.rand(b, generator=self.generator) < self.p
-            index = chosen.nonzero()[:, 0].to(images.device)
+            picked = chosen.nonzero()[:, 0]  # CPU, to index the CPU parameters
+            index = picked.to(images.device)
             applied = chosen.to(images.device)
             out = images.clone()
             if len(index):
-                out[index] = self.family.apply(images[index], params[index])
+                out[index] = self.family.apply(images[index], params[picked])
         self.last_params = params
         self.last_applied = applied
         return out

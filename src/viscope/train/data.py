@@ -78,15 +78,20 @@ def class_names(splits: Mapping[str, Dataset]) -> list[str]:
     return [str(k) for k in range(top + 1)]
 
 
-def split_record(part: Dataset) -> dict[str, Any]:
-    """Size and SHA-256 of a split's indices (or of its labels when it has no indices)."""
+def split_record(part: Dataset, *, image_shape: bool = False) -> dict[str, Any]:
+    """Size and SHA-256 of a split's indices (or of its labels when it has no indices),
+    with ``image_shape`` also the shape of its first image (for datasets given as
+    objects, whose image size is not otherwise recorded)."""
     indices = getattr(part, "indices", None)
     if indices is not None:
         arr, kind = np.asarray(indices, dtype=np.int64), "indices"
     else:
         arr, kind = labels_of(part), "labels"
     digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-    return {"size": len(part), "sha256_of": kind, "sha256": digest}  # type: ignore[arg-type]
+    record = {"size": len(part), "sha256_of": kind, "sha256": digest}  # type: ignore[arg-type]
+    if image_shape:
+        record["image_shape"] = [int(d) for d in part[0][0].shape]
+    return record
 
 
 def collate(items: Sequence[tuple[Any, ...]]) -> tuple[Tensor, Tensor]:

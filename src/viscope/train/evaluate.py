@@ -90,6 +90,9 @@ def evaluate(
     if family is not None and params is None:
         values = family.sample(n, torch.Generator().manual_seed(int(seed)))
     grid = family.grid(params) if family is not None and params is not None else None
+    # the model's float dtype (bfloat16 after fit(precision="bf16-true"), for instance):
+    # images are loaded and transformed in float32, then handed over in that dtype
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     correct = total = 0
     with evaluation_mode(model, device), torch.no_grad():
         start = 0
@@ -103,6 +106,7 @@ def evaluate(
             else:
                 batches = [family.apply(images, g.to(device)) for g in grid]  # type: ignore[union-attr]
             for x in batches:
+                x = x if dtype is None else x.to(dtype)
                 correct += int((model(x).argmax(dim=1) == labels).sum())
                 total += b
             start += b

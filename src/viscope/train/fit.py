@@ -171,7 +171,8 @@ def fit(
             to the CSV logger), ...).
 
     Returns:
-        The :class:`~viscope.train.run.TrainResult`; ``model`` then holds the best weights.
+        The :class:`~viscope.train.run.TrainResult`; ``model`` then holds the best weights,
+        in eval mode.
 
     Raises:
         ViscopeError: bad arguments, a dataset or model error, a model whose classifier
@@ -209,7 +210,10 @@ def fit(
             "model": {"name": spec.name, "kwargs": spec.kwargs},  # type: ignore[union-attr]
             "dataset": _dataset_label(dataset),
             "classes": classes,
-            "splits": {s: split_record(part) for s, part in splits.items()},
+            "splits": {
+                s: split_record(part, image_shape=isinstance(dataset, Mapping))
+                for s, part in splits.items()
+            },
             "image_size": None if isinstance(dataset, Mapping) else image_size,
             "n": None if isinstance(dataset, Mapping) else n,
             "data_seed": None if isinstance(dataset, Mapping) else data_seed,
@@ -234,6 +238,7 @@ def fit(
     resume = prepare_folder(out, config, overwrite)
     if isinstance(resume, dict):
         _load_best(model, out / BEST)
+        model.eval()
         return TrainResult.from_record(out, resume, skipped=True, model=model)
     is_zero = getattr(rank_zero_only, "rank", 0) == 0
     record: dict[str, Any] = {
@@ -362,6 +367,7 @@ def fit(
     final = read_record(out)
     if not trainer.is_global_zero:
         _load_best(model, out / BEST)
+    model.eval()
     return TrainResult.from_record(out, final or record, skipped=False, model=model)
 
 
