@@ -74,7 +74,9 @@ def test_localisation_known_answers() -> None:
     masks = torch.zeros(3, 1, 6, 6)
     masks[:, :, :3, :3] = 1
     assert V.pointing_game(maps, masks).tolist() == [True, False, False]
-    assert V.pointing_game(maps, masks, tolerance=1).tolist() == [True, False, True]
+    # (3, 3) is sqrt(2) from the mask's corner (2, 2): within 1.5 px, not within 1 px
+    assert V.pointing_game(maps, masks, tolerance=1).tolist() == [True, False, False]
+    assert V.pointing_game(maps, masks, tolerance=1.5).tolist() == [True, False, True]
     torch.testing.assert_close(V.energy_pointing_game(maps, masks), torch.tensor([1.0, 0, 0]))
     full = masks[:, 0].clone()
     torch.testing.assert_close(V.iou(full, masks), torch.ones(3))
@@ -209,18 +211,20 @@ def test_noisy_linear_imputation_solves_large_holes_exactly() -> None:
 
 
 def test_pointing_game_tolerance_equals_a_brute_force_loop() -> None:
+    """TorchRay's rule: a mask pixel at Euclidean distance < tolerance (0: in the mask)."""
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(3, 9, 9, generator=g) > 0.93
     masks[0] = False
     masks[0, 4, 4] = True
     inside = masks.nonzero().tolist()
-    for tol in (1, 2, 3):
+    for tol in (0, 1, 1.5, 2, 15 * 9 / 224, 3):
         for r in range(9):
             for c in range(9):
                 maps = torch.zeros(3, 9, 9)
                 maps[:, r, c] = 1.0
-                expected = [any(max(abs(r - i), abs(c - j)) <= tol
-                                for b, i, j in inside if b == k) for k in range(3)]
+                expected = [any((b == k) and ((r - i) ** 2 + (c - j) ** 2 < tol**2
+                                              or (r, c) == (i, j))
+                                for b, i, j in inside) for k in range(3)]
                 assert V.pointing_game(maps, masks, tolerance=tol).tolist() == expected
 
 

@@ -9,29 +9,47 @@ energy-based pointing game (Wang et al., 2020, Score-CAM), IoU and Dice.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from viscope.errors import ViscopeError
 from viscope.evaluate._common import check_masks
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
-    """Whether each map's maximum falls inside its mask (or within ``tolerance`` pixels).
+def pointing_game(
+    maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 0.0
+) -> torch.Tensor:
+    """Whether each map's maximum falls inside its mask, or within ``tolerance`` pixels.
+
+    As in TorchRay's benchmark (the reference implementation of Zhang et al.'s pointing
+    game), a point hits when some mask pixel lies at a Euclidean distance strictly below
+    ``tolerance``; with ``tolerance=0`` the point itself must be in the mask. The paper
+    uses 15 px at 224 px: scale it with the image, ``15 * min(H, W) / 224``.
 
     Args:
         maps: (B, H, W).
         masks: (B, H, W) or (B, 1, H, W) in {0, 1}.
-        tolerance: pixels by which the mask is dilated with a square kernel, so a hit
-            is a point within this Chebyshev distance of the mask (the original paper uses
-            15 at 224 px; TorchRay's benchmark uses a Euclidean radius instead).
+        tolerance: the radius in pixels (>= 0; need not be an integer).
 
     Returns:
         (B,) booleans; the first maximum (in pixel order) is the point.
+
+    Example:
+        >>> maps = torch.zeros(1, 9, 9); maps[0, 4, 7] = 1.0  # 3 px right of the mask
+        >>> masks = torch.zeros(1, 9, 9); masks[0, 4, 4] = 1
+        >>> [pointing_game(maps, masks, t).item() for t in (0, 3, 3.01)]
+        [False, False, True]
     """
+    if not tolerance >= 0:
+        raise ViscopeError(f"Expected tolerance >= 0 pixels; got {tolerance}.")
     mask = check_masks(maps, masks)
     if tolerance > 0:
-        k = 2 * tolerance + 1
-        mask = F.max_pool2d(mask[:, None].float(), k, 1, tolerance)[:, 0] > 0
+        r = math.ceil(tolerance)
+        d = torch.arange(-r, r + 1, device=mask.device, dtype=torch.float32)
+        disk = ((d[:, None] ** 2 + d[None, :] ** 2) < tolerance**2).float()
+        mask = F.conv2d(mask[:, None].float(), disk[None, None], padding=r)[:, 0] > 0
     point = maps.flatten(1).argmax(dim=1)
     return mask.flatten(1).gather(1, point[:, None])[:, 0]
 

@@ -56,8 +56,9 @@ def explain_command(
     """Explain ``samples`` images of a dataset split with each method and score the maps.
 
     Each image is explained for its true label. Metrics: deletion and insertion AUC
-    (:mod:`viscope.evaluate`), and where the dataset has masks the pointing game, the
-    energy pointing game and the IoU of ``map >= 0.5``.
+    (:mod:`viscope.evaluate`), and where the dataset has masks the pointing game (with
+    the paper's 15 px tolerance at 224 px, scaled to the image), the energy pointing game
+    and the IoU of ``map >= 0.5``.
 
     Args:
         model: a model name (timm, ``torchvision:``, FasterViT) or a checkpoint path; a
@@ -198,7 +199,8 @@ def _metrics(net, images, labels, masks, maps, batch_size, device) -> dict[str, 
         rows.setdefault("insertion_auc", []).append(insertion_auc(net, x, m, y).cpu())
         if masks is not None:
             g = masks[s].to(device)
-            rows.setdefault("pointing_game", []).append(pointing_game(m, g).cpu())
+            tol = 15 * min(m.shape[-2:]) / 224  # the paper's 15 px at 224 px, scaled
+            rows.setdefault("pointing_game", []).append(pointing_game(m, g, tol).cpu())
             rows.setdefault("energy_pointing_game", []).append(energy_pointing_game(m, g).cpu())
             rows.setdefault("iou", []).append(iou(m, g).cpu())
     return {k: torch.cat(v) for k, v in rows.items()}

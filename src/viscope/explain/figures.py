@@ -34,7 +34,7 @@ SHORT = {
 LEGEND = {
     "del": "deletion AUC (lower = more faithful)",
     "ins": "insertion AUC (higher = more faithful)",
-    "PG": "pointing game (map's peak inside the mask)",
+    "PG": "pointing game (map's peak within 15 px @ 224 px of the mask)",
     "EPG": "share of the map's energy inside the mask",
     "IoU": "IoU of map ≥ 0.5 with the mask",
     "Dice": "Dice of map ≥ 0.5 with the mask",
