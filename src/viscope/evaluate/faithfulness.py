@@ -189,7 +189,7 @@ def road(
 def peds(
     model: nn.Module, images: torch.Tensor, maps: torch.Tensor, target: TargetArg = None, *,
     threshold: float = 0.5, low: float = 0.01, high: float = 0.95,
-    baseline: str | torch.Tensor = "black", max_steps: int = 64,
+    baseline: str | torch.Tensor = "black", max_steps: int | None = None,
 ) -> torch.Tensor:
     """PEDS, the pixel erosion/dilation score.
 
@@ -199,6 +199,11 @@ def peds(
     outside) and scored; the class-score curve over the kept fraction (with the fully
     removed and the clean image at 0 and 1) is min-max normalised per image and its area
     is the score (higher: the score comes back with the map's most important pixels).
+
+    An image stops eroding (dilating) once its region reaches ``low`` (``high``) or stops
+    changing (an empty region cannot grow; a full one cannot shrink, the frame being
+    neutral). ``max_steps`` (default ``max(H, W)``, enough for one pixel to cover the
+    image) only guards the loop.
 
     Returns:
         (B,) scores in [0, 1].
@@ -214,17 +219,19 @@ def peds(
     base = _baseline(images, baseline)
     region = (maps >= threshold)[:, None].to(images.dtype)
     regions = [region]
+    steps = max(images.shape[-2:]) if max_steps is None else max_steps
     for grow in (False, True):
         r = region
-        for _ in range(max_steps):
+        for _ in range(steps):
             frac = r.mean(dim=(1, 2, 3))
-            done = (frac >= high) if grow else (frac <= low)
-            if done.all():
-                break
             # 3x3 dilation / erosion; the frame counts as neutral (the border of the image
             # is no reason to erode). Images already done keep their region: a repeated
             # point adds no area, so each image's score does not depend on its batch.
             moved = F.max_pool2d(r, 3, 1, 1) if grow else -F.max_pool2d(-r, 3, 1, 1)
+            done = (frac >= high) if grow else (frac <= low)
+            done = done | (moved == r).flatten(1).all(dim=1)
+            if done.all():
+                break
             r = torch.where(done[:, None, None, None], r, moved)
             regions.append(r)
     regions += [torch.zeros_like(region), torch.ones_like(region)]
