@@ -223,3 +223,15 @@ def test_skip_corrupt_counts_each_file_once_and_reports_rows(table: Path, garbag
     assert "Skipped 1 unreadable image file(s) of 5" in message, message
     assert "2 of 3 rows" in message, message
     assert [Path(p).name for p in ds.skipped] == ["c.png"] and len(ds) == 1
+
+
+def test_colour_masks_count_by_their_brightest_channel(table: Path) -> None:
+    # pure red (luminance 76 of 255) and pure blue (29) annotations on black, RGB and RGBA
+    for name, colour, mode in (("a", (255, 0, 0), "RGB"), ("b", (0, 0, 255, 255), "RGBA")):
+        arr = np.zeros((10, 12, len(mode)), dtype=np.uint8)
+        arr[2:6, 3:9] = colour
+        Image.fromarray(arr, mode=mode).save(table.parent / "masks" / f"{name}.png")
+    ds = CSVDataset(table, size=None)
+    expected = torch.zeros(1, 10, 12)
+    expected[:, 2:6, 3:9] = 1
+    assert torch.equal(ds[0][2], expected) and torch.equal(ds[1][2], expected)

@@ -155,6 +155,10 @@ def _open(path: Path, mode: str) -> Image.Image:
                 im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
             elif im.mode == "P" and mode == "L":
                 im = Image.fromarray(np.asarray(im, dtype=np.uint8), "L")
+            elif im.mode in ("RGB", "RGBA") and mode == "L":
+                # a colour mask: its brightest channel, so pure red (luminance 76 of 255)
+                # is foreground like white
+                im = Image.fromarray(np.asarray(im.convert("RGB")).max(axis=2), "L")
             return im.convert(mode)
     except _READ_ERRORS as err:
         raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
@@ -176,10 +180,11 @@ def load_rgb(path: Path, size: Size | None) -> torch.Tensor:
 def load_mask(path: Path, size: Size | None) -> torch.Tensor:
     """Read a mask as float32 (1, H, W) in {0, 1}, resized (nearest) to ``size``.
 
-    The mask is read as greyscale and thresholded at half its range: values of 0..255
-    are scaled to [0, 1] first, while an image whose values are all 0 or 1 (a label map
-    saved as 8 or 16 bits, or as palette indices) is used as is; 16-bit values are scaled
-    to 8 bits first.
+    The mask is read as greyscale (a colour mask by its brightest channel, so that a red
+    annotation counts like a white one) and thresholded at half its range: values of
+    0..255 are scaled to [0, 1] first, while an image whose values are all 0 or 1 (a label
+    map saved as 8 or 16 bits, or as palette indices) is used as is; 16-bit values are
+    scaled to 8 bits first.
 
     Raises:
         ViscopeError: The file cannot be decoded; the message names it.
