@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -245,3 +246,14 @@ def test_default_cascade_reaches_the_stem() -> None:
     model = models.create("resnet18", num_classes=3)
     names = _cascade(unwrap(model), model)
     assert names[0] == "fc" and names[-3:] == ["layer1.0", "bn1", "conv1"]
+
+
+def test_a_model_in_training_mode_is_warned_about() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten())
+    images, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    with pytest.warns(UserWarning, match="training mode"):
+        V.deletion_auc(net, images, maps, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        V.deletion_auc(net.eval(), images, maps, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -57,7 +59,17 @@ def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def target_of(model: nn.Module, images: torch.Tensor, target: TargetArg) -> Target:
-    """The resolved target, with "predicted" fixed on the clean images."""
+    """The resolved target, with "predicted" fixed on the clean images.
+
+    Warns when the model is in training mode: BatchNorm would then mix the perturbed
+    images of a batch (and dropout add noise), so a score would depend on its batch.
+    """
+    if getattr(model, "training", False):
+        warnings.warn(
+            "The model is in training mode: BatchNorm mixes the images of a batch and dropout "
+            "is random, so the metric depends on the batch. Call model.eval() first.",
+            UserWarning, stacklevel=3,
+        )
     return resolve_target(target, images.shape[0]).fix(model, images)
 
 
