@@ -223,3 +223,32 @@ def test_out_of_domain_parameters_raise(device: torch.device) -> None:
         create("scale").apply(x, 0.0)
     with pytest.raises(ViscopeError, match="distortion"):
         create("perspective").apply(x, 0.9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", GEOMETRIC)
+def test_half_precision_uses_the_exact_parameters(
+    name: str, dtype: torch.dtype, device: torch.device
+) -> None:
+    # Warps run in float32 whatever the image dtype, so a half-precision batch must give
+    # the float32 result rounded to its dtype: the parameters must not be rounded to the
+    # image dtype first (bfloat16 turns 100.3 degrees into 100.5), and ``inverse``, which
+    # builds its matrix from the exact parameters, must undo the same transformation.
+    family = create(name)
+    odd = {"rotation": [100.3, -170.7], "scale": [1.37, 0.83], "perspective": [0.33, 0.47]}
+    odd["translation"] = [[0.123, -0.2], [0.031, 0.17]]
+    odd["identity"] = [0.0, 0.0]
+    params = torch.tensor(odd[name], dtype=torch.float64)
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    expected = family.apply(x.float(), params).to(dtype)
+    assert torch.equal(family.apply(x, params), expected)
+
+
+def test_non_square_rotation_turns_about_the_true_centre(device: torch.device) -> None:
+    x = torch.rand(2, 3, 16, 20, device=device)
+    rotation = create("rotation")
+    out = rotation.apply(x, 180.0)
+    torch.testing.assert_close(out, x.flip(-2, -1), atol=1e-5, rtol=0)
+    m = rotation.matrix(torch.tensor([37.0], dtype=torch.float64), 16, 20)[0]
+    centre = torch.tensor([9.5, 7.5, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(m @ centre, centre)

@@ -133,3 +133,21 @@ def test_large_batch_is_fast(name: str, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("bits", [8, 5, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_posterize_on_8_bit_levels_is_exact_in_every_dtype(
+    dtype: torch.dtype, bits: int, device: torch.device
+) -> None:
+    # Every 8-bit level k / 255 survives rounding to any float dtype (even bfloat16)
+    # closely enough to be recovered, so bits = 8 must return the input bit for bit and
+    # other bits the uint8 answer rounded to the dtype.
+    u8 = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    x = (u8.double() / 255.0).to(device, dtype)
+    expected = (TF.posterize(u8, bits).double() / 255.0).to(device, dtype)
+    out = create("posterize").apply(x, float(bits))
+    assert out.dtype == dtype
+    assert torch.equal(out, expected)
+    if bits == 8:
+        assert torch.equal(out, x)

@@ -147,3 +147,15 @@ def test_from_callables_errors(device: torch.device) -> None:
         from_callables([lambda x: x], names=["a", "b"])
     with pytest.raises(ViscopeError, match="got int"):
         from_callables([lambda x: 3]).apply(x, 0)  # type: ignore[list-item,return-value]
+
+
+def test_from_callables_indices_survive_half_precision_images(device: torch.device) -> None:
+    # bfloat16 holds whole numbers exactly only up to 256: indices must not be cast to
+    # the image dtype, or index 257 picks callable 256 and 299 (-> 300) does not exist.
+    def constant(i: int):  # noqa: ANN202
+        return lambda x: torch.full_like(x, float(i % 100))
+
+    family = from_callables([constant(i) for i in range(300)])
+    x = torch.rand(3, 1, 2, 2, device=device).to(torch.bfloat16)
+    out = family.apply(x, torch.tensor([257, 258, 299]))
+    assert out[:, 0, 0, 0].tolist() == [57.0, 58.0, 99.0]

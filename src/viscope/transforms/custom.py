@@ -17,9 +17,12 @@ import torch
 from torch import Tensor
 
 from viscope.errors import ViscopeError
-from viscope.transforms.base import Family
+from viscope.transforms.base import Family, ParamsArg, check_images
 
 ImageFn = Callable[[Tensor], Tensor]
+
+# Whole numbers are exact in float32 up to 2**24 (and float32 exists on every device).
+_INDEX = torch.float32
 
 
 class CallableFamily(Family):
@@ -92,6 +95,15 @@ class CallableFamily(Family):
                 f" {len(self)}; got n = {n!r}. Use grid({len(self)})."
             )
         return torch.arange(n, device=device, dtype=dtype or torch.get_default_dtype())
+
+    def apply(self, images: Tensor, params: ParamsArg) -> Tensor:
+        """Same as :meth:`Family.apply`; indices are kept in float32, not the image dtype.
+
+        bfloat16 holds whole numbers exactly only up to 256, so casting the indices to
+        the images' dtype would pick the wrong callable (or none) beyond that.
+        """
+        images = check_images(images)
+        return self._apply(images, self.check_params(params, len(images), images.device, _INDEX))
 
     def _check_domain(self, p: Tensor) -> None:
         bad = ~(torch.isfinite(p) & (p.round() >= 0) & (p.round() <= len(self) - 1))

@@ -170,11 +170,13 @@ class Posterize(Family):
     description = "keep the top bits of each 8-bit intensity, 8 (none) to 2 bits"
 
     def _apply(self, images: Tensor, params: Tensor) -> Tensor:
+        # Half precision cannot hold 255 x or k / 255 exactly: quantise in float32.
+        work = images if images.dtype in (torch.float32, torch.float64) else images.float()
         # Whole bits have no gradient; detaching lets the steps below run in place.
-        step = torch.exp2(8.0 - _per_image(params.detach()).round())
+        step = torch.exp2(8.0 - _per_image(params.detach().to(work.dtype)).round())
         # Integers below 256 and powers of two: the division and floor are exact.
-        levels = images.mul(255.0).round_().div_(step).floor_()
-        return levels.mul_(step / 255.0).clamp_(0.0, 1.0)
+        levels = work.mul(255.0).round_().div_(step).floor_()
+        return levels.mul_(step).div_(255.0).clamp_(0.0, 1.0).to(images.dtype)
 
 
 @register_family
