@@ -136,3 +136,98 @@ def test_save_refuses_models_it_cannot_rebuild(tmp_path: Path) -> None:
     with pytest.raises(ViscopeError, match="plain data"):
         save_checkpoint(create("test_vit", img_size=32), tmp_path / "vit.pt", when=object())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_with_shared_tensors_loads(tmp_path: Path, device: torch.device) -> None:
+    from safetensors.torch import save_model
+
+    # FasterViT's global tokenizer registers one module under two names; safetensors'
+    # save_model keeps one name of each shared tensor.
+    source = create("fastervit_tiny", num_classes=3)
+    _randomise_buffers(source)
+    path = tmp_path / "tiny.safetensors"
+    save_model(unwrap(source), str(path))
+    loaded = create("fastervit_tiny", num_classes=3, checkpoint=path)
+    x = torch.rand(2, 3, 32, 32, device=device)
+    with torch.no_grad():
+        expected = source.to(device).eval()(x)
+        torch.testing.assert_close(loaded.to(device).eval()(x), expected, rtol=0, atol=0)
+
+
+def test_safetensors_plain_file_loads(tmp_path: Path, device: torch.device) -> None:
+    from safetensors.torch import save_file
+
+    source = create("resnet18", num_classes=3)
+    _randomise_buffers(source)
+    path = tmp_path / "r.safetensors"
+    save_file({k: v.contiguous() for k, v in unwrap(source).state_dict().items()}, str(path))
+    loaded = create("resnet18", num_classes=3, checkpoint=path)
+    x = torch.rand(2, 3, 32, 40, device=device)
+    with torch.no_grad():
+        expected = source.to(device).eval()(x)
+        torch.testing.assert_close(loaded.to(device).eval()(x), expected, rtol=0, atol=0)
+
+
+def _lightning_checkpoint(model: nn.Module, extra: dict[str, torch.Tensor]) -> dict[str, Any]:
+    # What Trainer.save_checkpoint writes for a LightningModule holding ``self.model`` (the
+    # viscope wrapper) and, e.g., a class-weighted loss ``self.crit``.
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    return {
+        "epoch": 1,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": {**state, **extra},
+        "optimizer_states": [],
+        "hyper_parameters": {"lr": 0.1},
+    }
+
+
+def test_lightning_checkpoint_with_other_module_state(tmp_path: Path, device: torch.device) -> None:
+    source = create("resnet18", num_classes=3)
+    _randomise_buffers(source)
+    path = tmp_path / "last.ckpt"
+    torch.save(_lightning_checkpoint(source, {"crit.weight": torch.ones(3)}), path)
+    loaded = create("resnet18", num_classes=3, checkpoint=path)
+    x = torch.rand(2, 3, 32, 32, device=device)
+    with torch.no_grad():
+        expected = source.to(device).eval()(x)
+        torch.testing.assert_close(loaded.to(device).eval()(x), expected, rtol=0, atol=0)
+    # Keys under the model's prefix must still match exactly.
+    broken = _lightning_checkpoint(source, {"crit.weight": torch.ones(3)})
+    del broken["state_dict"]["model.net.layer1.0.conv1.weight"]
+    torch.save(broken, path)
+    with pytest.raises(ViscopeError, match=r"layer1\.0\.conv1\.weight"):
+        create("resnet18", num_classes=3, checkpoint=path)
+
+
+def test_pretrained_with_a_local_checkpoint_does_not_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import timm
+    import torchvision
+    from torchvision.models._api import WeightsEnum
+
+    source = create("resnet18", num_classes=3)
+    _randomise_buffers(source)
+    path = tmp_path / "r.pth"
+    torch.save(unwrap(source).state_dict(), path)
+    original = timm.create_model
+    seen: list[bool] = []
+
+    def recording(name: str, **kwargs: Any) -> nn.Module:
+        seen.append(kwargs["pretrained"])
+        return original(name, **{**kwargs, "pretrained": False})
+
+    def no_download(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", no_download)
+    loaded = create("resnet18", num_classes=3, pretrained=True, checkpoint=path).eval()
+    assert seen == [False]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source.eval()(x), rtol=0, atol=0)
+    tv = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tv)
+    create("torchvision:resnet18", num_classes=3, pretrained=True, checkpoint=tv)

@@ -216,3 +216,58 @@ def test_pretrained_is_passed_through_and_off_by_default(monkeypatch: pytest.Mon
     ]
     # Pretrained torchvision weights keep their 1000-class head; a new one is fitted.
     assert head.out_features == 4 and head.in_features == 3
+
+
+def test_torchvision_normalisation_follows_its_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    # EfficientNet-V2-L's torchvision weights expect mean = std = 0.5, not ImageNet's;
+    # a small stand-in network keeps the test fast (only the weights' metadata matters).
+    monkeypatch.setattr(torchvision.models, "get_model", lambda name, **kwargs: nn.Conv2d(3, 2, 1))
+    half = ((0.5,) * 3, (0.5,) * 3)
+    assert create("torchvision:efficientnet_v2_l").viscope_spec.normalize == half
+    assert create("torchvision:efficientnet_v2_s").viscope_spec.normalize == (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "num_classes"),
+    [
+        ("googlenet", 64, None),
+        ("googlenet", 64, 3),
+        ("inception_v3", 80, None),
+        ("inception_v3", 80, 3),
+    ],
+)
+def test_torchvision_pretrained_round_trip(
+    arch: str, size: int, num_classes: int | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision
+    from torchvision.models._api import WeightsEnum
+
+    from viscope.models import save_checkpoint
+
+    # Stand-in "published" weights, saved here: the real ones have aux heads and make
+    # torchvision switch on transform_input.
+    def local_weights(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        net = torchvision.models.get_model(arch, weights=None, aux_logits=True, init_weights=False)
+        return net.state_dict()
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", local_weights)
+    model = create(f"torchvision:{arch}", pretrained=True, num_classes=num_classes).eval()
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    again = create(path).eval()
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+    heads = [m.out_features for m in again.modules() if isinstance(m, nn.Linear)]
+    assert set(heads) == {num_classes or 1000}  # auxiliary heads resized too
+
+
+def test_unknown_pretrained_tag_suggests_real_ones() -> None:
+    with pytest.raises(
+        ViscopeError, match=r"'resnet18\.a1_in1kk'.*Did you mean.*'resnet18\.a1_in1k'"
+    ):
+        create("resnet18.a1_in1kk")

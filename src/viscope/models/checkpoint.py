@@ -148,7 +148,10 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str)
     """Load ``state`` into ``net`` strictly, with a readable error on mismatch.
 
     Wrapper prefixes (``module.``, ``model.``, ``net.``, ``_orig_mod.``) shared by every
-    key are stripped first.
+    key are stripped first; when other keys sit beside them (a Lightning module's loss
+    weights, ...), the keys under the one prefix that match the network exactly are used.
+    A name the file leaves out because it shares its tensor with another (safetensors'
+    ``save_model``) takes that tensor.
 
     Args:
         net: the network (not the wrapper).
@@ -159,12 +162,16 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str)
         ViscopeError: missing or unexpected keys, or shapes that differ.
     """
     expected = net.state_dict()
-    state = dict(state)
-    while state and not set(state) <= set(expected):
-        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix) :]: v for k, v in state.items()}
+    state = _strip_prefixes(dict(state), expected)
+    state = _fill_shared(state, expected)
+    if set(state) != set(expected):
+        # Keys under one prefix beside others: take the prefix that fits the network best
+        # (still strictly: a mismatch under it is reported below).
+        for prefix in _PREFIXES:
+            inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            inner = _fill_shared(_strip_prefixes(inner, expected), expected)
+            if len(set(inner) & set(expected)) > len(set(state) & set(expected)):
+                state = inner
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [
@@ -186,6 +193,39 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str)
             "(num_classes, img_size, ...) against those the weights were trained with."
         )
     net.load_state_dict(state, strict=True)
+
+
+def _strip_prefixes(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes that every key shares until the keys fit ``expected``."""
+    while state and not set(state) <= set(expected):
+        prefix = next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _fill_shared(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Give keys the file left out the tensor of a key that shares it in the network."""
+    missing = [k for k in expected if k not in state]
+    if not missing:
+        return state
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for key, tensor in expected.items():
+        if tensor.numel() and tensor.device.type != "meta":
+            where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+            groups.setdefault((*where, tuple(tensor.shape), tensor.stride()), []).append(key)
+    state = dict(state)
+    for group in groups.values():
+        present = next((k for k in group if k in state), None)
+        if present is not None:
+            for key in group:
+                state.setdefault(key, state[present])
+    return state
 
 
 def _check_plain(value: Any, what: str) -> None:

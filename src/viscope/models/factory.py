@@ -70,11 +70,13 @@ def create(
         num_classes: classifier outputs (``None``: the model's default).
         pretrained: load published weights (needs the internet the first time).
         in_chans: input channels.
-        normalize: ``"auto"`` (the model's own mean/std from timm's ``pretrained_cfg``,
-            else ImageNet; for a checkpoint path, the one saved with it), ``"imagenet"``,
+        normalize: ``"auto"`` (the model's own mean/std from timm's ``pretrained_cfg`` or
+            torchvision's default weights, else ImageNet; for a checkpoint path, the one
+            saved with it), ``"imagenet"``,
             ``None`` (no normalisation) or ``(mean, std)``.
-        checkpoint: a state-dict file (timm, torch, Lightning or viscope) to load into
-            the model, strictly.
+        checkpoint: a state-dict file (timm, torch, Lightning, safetensors or viscope) to
+            load into the model, strictly; with ``pretrained=True`` it supplies the
+            weights, so nothing is downloaded.
         **kwargs: passed to the model's constructor (``img_size=32``, ``patch_size=4``,
             ``drop_path_rate=0.1``, ``resolution=64`` ...); for a checkpoint path they
             override the saved ones.
@@ -104,14 +106,19 @@ def create(
         return _create_from_file(
             name, num_classes, pretrained, in_chans, normalize, checkpoint, kwargs
         )
+    # A local checkpoint replaces every weight: downloading published ones first is waste,
+    # and fails offline.
+    download = pretrained and checkpoint is None
     net = build_network(
-        name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
+        name, num_classes=num_classes, pretrained=download, in_chans=in_chans, **kwargs
     )
     if checkpoint is not None:
         data = read_checkpoint(checkpoint)
         load_weights(net, extract_state_dict(data), repr(str(checkpoint)))
     mean_std = resolve_normalize(normalize, net, in_chans)
     record = dict(kwargs)
+    if download and name.startswith(TORCHVISION_PREFIX):
+        record.update(_weights_kwargs(name[len(TORCHVISION_PREFIX) :], net, kwargs))
     if num_classes is not None:
         record["num_classes"] = num_classes
     if in_chans != 3:
@@ -159,6 +166,14 @@ def build_network(
             "(timm.list_models()), 'torchvision:<name>', 'fastervit_0'..'fastervit_6', "
             "'fastervit_tiny', or a checkpoint path; `viscope list models` shows a few."
         )
+    arch, _, tag = name.partition(".")
+    if tag and not name.startswith(("hf-hub:", "hf_hub:")):
+        tags = timm.list_pretrained(f"{arch}.*")
+        if name not in tags:
+            raise ViscopeError(
+                f"Unknown pretrained tag {name!r} of timm model {arch!r}.{suggest(name, tags)} "
+                f"Expected one of timm.list_pretrained('{arch}.*'), or {arch!r} alone."
+            )
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:
@@ -243,20 +258,70 @@ def _create_torchvision(
             f"Expected keyword arguments that torchvision model {arch!r} accepts; got "
             f"{sorted(kwargs)} ({err})."
         ) from None
+    _set_weights_cfg(arch, net)
     return net
 
 
+def _set_weights_cfg(arch: str, net: nn.Module) -> None:
+    """Give ``net`` a timm-style ``pretrained_cfg`` with the mean/std of its default weights."""
+    import torchvision
+
+    try:
+        transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+        mean, std = tuple(transforms.mean), tuple(transforms.std)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return
+    net.pretrained_cfg = {"mean": mean, "std": std}
+
+
+def _weights_kwargs(arch: str, net: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments that torchvision's weights set (``transform_input``, ...).
+
+    The builder changes them only when it loads weights, so a checkpoint must record them
+    to rebuild the same network without the weights. Found by comparing ``net`` with the
+    same builder's network without weights (on the meta device: no memory, no init).
+    """
+    import inspect
+
+    import torch
+    import torchvision
+
+    try:
+        with torch.device("meta"):
+            plain = torchvision.models.get_model_builder(arch)(weights=None, **kwargs)
+        params = inspect.signature(type(net).__init__).parameters
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return {}
+    found = {}
+    for param in params:
+        if param in ("self", "num_classes") or param in kwargs:
+            continue
+        value = getattr(net, param, None)
+        if isinstance(value, bool | int | float | str) and value != getattr(plain, param, None):
+            found[param] = value
+    return found
+
+
 def _replace_head(net: nn.Module, num_classes: int) -> None:
-    """Give a pretrained torchvision classifier a new last linear layer."""
+    """Give a pretrained torchvision classifier new output layers (auxiliary heads too).
+
+    Every linear layer with as many outputs as the last one is a classifier head built
+    from ``num_classes`` (GoogLeNet's and Inception-v3's auxiliary heads besides the main
+    one), so each is replaced, as the network built with ``num_classes`` would have them.
+    """
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ViscopeError(
             f"Expected a linear classifier head in {type(net).__name__} to resize to "
             f"num_classes={num_classes}; found none. Leave num_classes=None."
         )
-    name, old = linears[-1]
-    if old.out_features == num_classes:
+    classes = linears[-1][1].out_features
+    if classes == num_classes:
         return
-    parent_name, _, child = name.rpartition(".")
-    parent = net.get_submodule(parent_name) if parent_name else net
-    setattr(parent, child, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+    for name, old in linears:
+        if old.out_features != classes:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        setattr(parent, child, new)
