@@ -103,7 +103,8 @@ def attribute(
 
     The model's train/eval mode is left as it is (call ``model.eval()`` first: in train
     mode BatchNorm couples the images of a batch and dropout adds noise; a warning says
-    so). Hooks live only for this call; no parameter gets a ``.grad``.
+    so; its running statistics are restored afterwards). Hooks live only for this call;
+    no parameter gets a ``.grad``.
 
     Args:
         model: a model from :func:`viscope.models.create` or any ``nn.Module``.
@@ -159,7 +160,14 @@ def attribute(
             UserWarning, stacklevel=2,
         )
     tgt: Target = resolve_target(target, images.shape[0])
-    raw = spec.fn(model, images, tgt, layer, **options)
+    # in train mode each forward pass updates BatchNorm's running statistics: put them back
+    buffers = [(b, b.clone()) for b in model.buffers()] if model.training else []
+    try:
+        raw = spec.fn(model, images, tgt, layer, **options)
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     check_maps(raw, method, layer, model)
     return finish(raw, (images.shape[-2], images.shape[-1]), normalize).to(images.device)
 

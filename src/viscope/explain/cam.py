@@ -24,6 +24,12 @@ from viscope.explain.layouts import LayerTap, to_grid
 from viscope.explain.targets import Target
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 activations or gradients as float32 for the maths (SVD has no half
+    kernels; small epsilons and squared gradients underflow in float16)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 class CAM:
     """Template of a class-activation map; subclasses override ``weights`` or ``combine``.
 
@@ -57,9 +63,9 @@ class CAM:
                 score = target.score(outputs).sum()
                 (grads,) = torch.autograd.grad(score, act)
             record = tap.record
-        acts = to_grid(act.detach(), record, model, hw)
+        acts = _upcast(to_grid(act.detach(), record, model, hw))
         if grads is not None:
-            grads = to_grid(grads, record, model, hw)
+            grads = _upcast(to_grid(grads, record, model, hw))
         return acts, grads
 
     def weights(self, acts: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
@@ -140,7 +146,8 @@ class EigenCAM(CAM):
     def combine(self, acts, grads, **context):
         b, c, h, w = acts.shape
         flat = acts.reshape(b, c, h * w).transpose(1, 2)
-        flat = torch.nan_to_num(flat) - flat.mean(dim=1, keepdim=True)
+        flat = torch.nan_to_num(flat, nan=0.0)  # as grad-cam, before centring
+        flat = flat - flat.mean(dim=1, keepdim=True)
         _, _, vh = torch.linalg.svd(flat, full_matrices=False)
         proj = torch.einsum("bnc,bc->bn", flat, vh[:, 0])
         flip = proj.amax(dim=1).abs() < proj.amin(dim=1).abs()

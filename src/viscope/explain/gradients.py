@@ -12,12 +12,16 @@ import torch
 from torch import nn
 
 from viscope.explain.perturbation import captum_forward
-from viscope.explain.targets import Target
+from viscope.explain.targets import Target, class_logits
 
 
 def _prepare(model: nn.Module, images: torch.Tensor, target: Target):
     target.fix(model, images)
     fwd, tgt = captum_forward(model, target)
+    if target.classes is not None:
+        # captum selects the classes itself: check the outputs and the indices first
+        classes = target.classes
+        fwd = lambda x: class_logits(model(x), classes)  # noqa: E731
     return images.detach().clone().requires_grad_(True), fwd, tgt
 
 
@@ -68,15 +72,25 @@ def smoothgrad(
         n_samples: noisy copies per image.
         stdev: noise standard deviation (images span [0, 1], so this is the paper's
             fraction of the input range).
-        seed: seed of the noise (the global torch generator is saved and restored).
+        seed: seed of the noise (the global torch generator is saved and restored); every
+            image gets the same draws, so its map does not depend on the rest of the batch.
     """
     from captum.attr import NoiseTunnel, Saliency
 
     x, fwd, tgt = _prepare(model, images, target)
+    # captum draws float32 noise, which promotes float16/bfloat16 images: cast them back
+    base, dtype = fwd, images.dtype
+    fwd = lambda z: base(z.to(dtype))  # noqa: E731
+    parts = []
     with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-        torch.manual_seed(seed)
-        with torch.enable_grad():
-            attr = NoiseTunnel(Saliency(fwd)).attribute(
-                x, nt_type="smoothgrad", nt_samples=n_samples, stdevs=stdev, target=tgt,
-            )
-    return attr.sum(dim=1).detach()
+        # one image at a time, each from the same seed: an image's noise (so its map) does
+        # not depend on the other images of the batch
+        for i in range(x.shape[0]):
+            torch.manual_seed(seed)
+            with torch.enable_grad():
+                attr = NoiseTunnel(Saliency(fwd)).attribute(
+                    x[i : i + 1], nt_type="smoothgrad", nt_samples=n_samples, stdevs=stdev,
+                    target=None if tgt is None else tgt[i : i + 1],
+                )
+            parts.append(attr.sum(dim=1).detach())
+    return torch.cat(parts)

@@ -18,7 +18,7 @@ A target is one of:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -68,6 +68,7 @@ class Target:
     classes: torch.Tensor | None = None
     fn: Callable | None = None
     per_image: list[Callable] | None = None
+    _checked: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def predicted(self) -> bool:
@@ -104,7 +105,13 @@ class Target:
         if self.predicted:
             self.classes = _logits(outputs).detach().argmax(dim=1)
         if self.classes is not None:
-            logits = _logits(outputs)
+            # the range check syncs a GPU: once per (classes, number of outputs)
+            key = (id(self.classes), outputs.shape[1] if outputs.ndim > 1 else None)
+            if self._checked != key:
+                logits = class_logits(outputs, self.classes)
+                self._checked = key
+            else:
+                logits = _logits(outputs)
             values = logits.softmax(dim=1) if prob else logits
             cls = self.classes.to(outputs.device)[index]
             return values.gather(1, cls[:, None])[:, 0]
@@ -119,6 +126,20 @@ class Target:
         assert self.per_image is not None
         rows = [self.per_image[int(b)](outputs[i]).reshape(()) for i, b in enumerate(index)]
         return torch.stack(rows)
+
+
+def class_logits(outputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``outputs`` as class logits (N, K); an error unless every index of ``classes`` is one
+    of the K classes (torch's own check is an opaque error, a device assert on CUDA)."""
+    logits = _logits(outputs)
+    k = logits.shape[1]
+    bad = (classes < 0) | (classes >= k)
+    if bool(bad.any()):
+        raise ViscopeError(
+            f"Expected class indices in [0, {k}) (the model has {k} outputs); got "
+            f"{sorted(set(classes[bad].tolist()))}."
+        )
+    return logits
 
 
 def _logits(outputs: torch.Tensor) -> torch.Tensor:
