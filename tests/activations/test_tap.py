@@ -185,3 +185,28 @@ def test_dim0_not_batch_is_refused():
     net = nn.Sequential(nn.Identity(), Flat())
     with pytest.raises(ViscopeError, match="not the sample"):
         capture(net, torch.rand(2, 3, 4), ["1"])
+
+
+def test_channels_last_models_get_a_layout_per_module():
+    """timm's Swin works channels-last (output_fmt NHWC) but its patch embedding's conv is
+    channels-first; torchvision's Swin is channels-last until its final Permute."""
+    import torchvision
+
+    timm_swin = vm.create("swin_tiny_patch4_window7_224", num_classes=3, img_size=64,
+                       window_size=2, embed_dim=24, depths=(1, 1, 1, 1),
+                       num_heads=(1, 1, 1, 1)).eval()
+    _, rec = capture(timm_swin, torch.rand(2, 3, 64, 64),
+                     ["patch_embed.proj", "patch_embed", "layers.0", "layers.1"])
+    assert (rec["patch_embed.proj"].layout, rec["patch_embed.proj"].unit_shape) == (
+        "chw", (24, 16, 16))
+    assert (rec["patch_embed"].layout, rec["patch_embed"].unit_shape) == ("hwc", (16, 16, 24))
+    assert (rec["layers.1"].layout, rec["layers.1"].unit_shape) == ("hwc", (8, 8, 48))
+
+    tv_swin = torchvision.models.swin_t(num_classes=3).eval()
+    _, rec = capture(tv_swin, torch.rand(2, 3, 64, 64),
+                     ["features.0.0", "features.0", "features.1", "permute", "avgpool"])
+    assert (rec["features.0.0"].layout, rec["features.0.0"].unit_shape) == ("chw", (96, 16, 16))
+    assert (rec["features.0"].layout, rec["features.0"].unit_shape) == ("hwc", (16, 16, 96))
+    assert rec["features.1"].layout == "hwc"
+    assert (rec["permute"].layout, rec["permute"].unit_shape) == ("chw", (768, 2, 2))
+    assert rec["avgpool"].layout == "chw"

@@ -220,8 +220,8 @@ class Tap:
     def _describe_layout(self, rec: LayerRecord, t: torch.Tensor) -> None:
         shape = tuple(t.shape[1:])
         if t.ndim == 4:
-            nhwc = getattr(self.net, "output_fmt", None) in ("NHWC", "nhwc")
-            rec.layout = "hwc" if nhwc else "chw"
+            module = self._specs[rec.module_name][0].module
+            rec.layout = "hwc" if _channels_last(self.net, module) else "chw"
         elif t.ndim == 3:
             rec.layout = "tokens"
             rec.prefix_tokens = int(getattr(self.net, "num_prefix_tokens", 0) or 0)
@@ -250,6 +250,36 @@ class Tap:
     def missing(self) -> list[str]:
         """Addressed layers that did not run (or whose call index never happened)."""
         return [n for n, r in self.records.items() if not r.captured]
+
+
+# Modules whose 4-D output is (B, C, H, W) whatever the model around them does.
+_CHANNELS_FIRST = (
+    nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm,
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
+    nn.PixelShuffle, nn.PixelUnshuffle, nn.Dropout2d,
+)
+
+
+def _channels_last(net: nn.Module, module: nn.Module) -> bool:
+    """Whether ``module``'s 4-D output is (B, H, W, C).
+
+    Models that work channels-last (timm's ``output_fmt == "NHWC"``, e.g. Swin;
+    torchvision's Swin) say so for their blocks, but their convolutions (the patch
+    embedding's ``proj``) and pools stay channels-first, and a ``Permute`` module says
+    by its own ``dims``.
+    """
+    dims = getattr(module, "dims", None)
+    if type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)) and len(dims) == 4:
+        return list(dims) == [0, 2, 3, 1]
+    if isinstance(module, _CHANNELS_FIRST):
+        return False
+    if getattr(net, "output_fmt", None) in ("NHWC", "nhwc"):
+        return True
+    try:
+        from torchvision.models import SwinTransformer
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return False
+    return isinstance(net, SwinTransformer)
 
 
 def _pick(output, batch: int | None) -> tuple[torch.Tensor | None, str]:
