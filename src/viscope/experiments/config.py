@@ -76,10 +76,28 @@ class MatrixConfig(BaseModel):
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts; an integer key indexes a list (``models.0.epochs``)."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[keys[-1]] = value
+    node: Any = tree
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
+                raise ViscopeError(f"Config override {dotted!r}: {'.'.join(keys[:i])!r} is a "
+                                   f"list of {len(node)} entries; expected an index 0 to "
+                                   f"{len(node) - 1}, got {k!r}.")
+            if last:
+                node[int(k)] = value
+            else:
+                node = node[int(k)]
+        elif isinstance(node, dict):
+            if last:
+                node[k] = value
+            else:
+                node = node.setdefault(k, {})
+        else:
+            raise ViscopeError(f"Config override {dotted!r}: {'.'.join(keys[:i])!r} is "
+                               f"{node!r}, not a mapping or list, so it has no key {k!r}.")
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None

@@ -9,7 +9,10 @@ Run folder::
     OUT/<model>/invariance.{csv,md,tex,png}, accuracy.{csv,md,tex,png}, summary.md
 
 Every cell is written atomically when done; a re-run skips finished trainings and cells,
-so an interruption loses at most the cell in progress.
+so an interruption loses at most the cell in progress. Each cell records the settings it
+was made from (``inputs``: training and measurement; not hardware such as batch sizes or
+devices) and each training folder its training settings (``inputs.json``): a re-run with
+other settings retrains and re-measures what they affect instead of reusing stale results.
 """
 
 from __future__ import annotations
@@ -75,6 +78,34 @@ def _splits(cfg: MatrixConfig) -> dict:
             for s in ("train", "val", "test")}
 
 
+def _train_inputs(cfg: MatrixConfig, mc: ModelConfig, fam: str, seed: int) -> dict:
+    """The settings a training depends on (what ``fit`` compares, hardware excluded)."""
+    return {"model": mc.name, "args": mc.args, "dataset": cfg.dataset,
+            "image_size": cfg.image_size, "n": cfg.n, "augment": fam, "seed": seed,
+            "epochs": mc.epochs or cfg.epochs, "lr": mc.lr or cfg.lr,
+            "batch_size": cfg.batch_size, "weight_decay": cfg.weight_decay,
+            "augment_p": None if fam == "identity" else cfg.augment_p,
+            "precision": cfg.precision}
+
+
+def _measure_inputs(cfg: MatrixConfig) -> dict:
+    """The settings a measured cell depends on besides its model (batch size excluded)."""
+    return {"samples": cfg.samples, "params": cfg.params, "layers": cfg.layers,
+            "accuracy_params": cfg.accuracy_params}
+
+
+def _read_json(path: Path):
+    """The JSON in ``path`` (``None`` when missing or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
 def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
                progress: bool) -> MatrixResult:
     from viscope import models
@@ -90,10 +121,20 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
         for fam in cfg.train_families:
             tdir = folder / "train" / fam / f"seed{seed}"
             cdir = folder / "cells" / fam / f"seed{seed}"
-            todo = [e for e in ["clean", *cfg.eval_families] if not (cdir / f"{e}.json").exists()]
+            train_in = _plain(_train_inputs(cfg, mc, fam, seed))
+            inputs = {e: {"train": train_in} if e == "clean"
+                      else {"train": train_in, "measure": _plain(_measure_inputs(cfg))}
+                      for e in ["clean", *cfg.eval_families]}
+            todo = [e for e, want in inputs.items()
+                    if (_read_json(cdir / f"{e}.json") or {}).get("inputs") != want]
             done += len(cfg.eval_families) + 1 - len(todo)  # finished in an earlier run
             if not todo:
                 continue
+            # a training made with other settings is replaced (fit would refuse the folder)
+            stored = _read_json(tdir / "inputs.json")
+            stale = stored is not None and stored != train_in
+            if stored != train_in:
+                atomic_write_json(tdir / "inputs.json", train_in)
             before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
                 else None
             t0 = time.perf_counter()
@@ -104,7 +145,8 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
                       lr=mc.lr or cfg.lr,
                       weight_decay=cfg.weight_decay, augment_p=cfg.augment_p, seed=seed,
                       out=tdir, accelerator=cfg.accelerator, devices=cfg.devices,
-                      precision=cfg.precision, num_workers=cfg.num_workers, progress=progress)
+                      precision=cfg.precision, num_workers=cfg.num_workers, progress=progress,
+                      overwrite=stale)
             after = (tdir / "best.pt").stat().st_mtime_ns
             if after != before:
                 trained += 1
@@ -127,7 +169,7 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
                             "per_layer": dict(zip(r.layers, r.per_layer()["nv"].tolist(),
                                                   strict=True))}
                 cell.update(model=mc.name, train=fam, eval=ev, seed=seed,
-                            seconds=time.perf_counter() - t0)
+                            seconds=time.perf_counter() - t0, inputs=inputs[ev])
                 atomic_write_json(cdir / f"{ev}.json", cell)
                 measured += 1
                 done += 1

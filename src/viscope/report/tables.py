@@ -56,18 +56,31 @@ def to_markdown(mean: pd.DataFrame, std: pd.DataFrame | None = None, digits: int
     return "\n".join(lines) + "\n"
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}", "±": r"$\pm$"}
+
+
+def _tex(text: str) -> str:
+    """Plain text (names, titles) escaped for LaTeX: ``test_vit`` -> ``test\\_vit``."""
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
 def to_latex(mean: pd.DataFrame, std: pd.DataFrame | None = None, digits: int = 2,
              caption: str = "", corner: str = "train \\textbackslash{} eval") -> str:
-    """A LaTeX ``tabular`` (booktabs) with ``$\\pm$`` for standard deviations."""
+    """A LaTeX ``tabular`` (booktabs) with ``$\\pm$`` for standard deviations.
+
+    Row and column names and ``caption`` are plain text (escaped); ``corner`` is LaTeX.
+    """
     f = formatted(mean, std, digits).map(lambda s: str(s).replace("±", "$\\pm$"))
-    cols = [SHORT.get(c, c) for c in f.columns]
-    body = [" & ".join([ROW.get(r, r), *f.loc[r]]) + r" \\" for r in f.index]
+    cols = [_tex(SHORT.get(c, c)) for c in f.columns]
+    body = [" & ".join([_tex(ROW.get(r, r)), *f.loc[r]]) + r" \\" for r in f.index]
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
              " & ".join([corner, *cols]) + r" \\", r"\midrule", *body, r"\bottomrule",
              r"\end{tabular}"]
     if caption:
-        lines.append(r"\caption{" + caption + "}")
+        lines.append(r"\caption{" + _tex(caption) + "}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
