@@ -190,12 +190,12 @@ def test_partial_augmentation_hands_cpu_params_to_any_device() -> None:
     assert invert(torch.zeros(16, 3, 4, 4, device="meta")).shape == (16, 3, 4, 4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_partial_augmentation_on_cuda_matches_cpu() -> None:
+def test_partial_augmentation_on_the_test_device_matches_cpu(device) -> None:
+    """``pytest --device cuda`` runs it on a GPU (where CPU-index bugs show)."""
     x = torch.rand(16, 3, 8, 8)
     cpu = BatchAugment(transforms.create("rotation"), p=0.5, seed=3)
     gpu = BatchAugment(transforms.create("rotation"), p=0.5, seed=3)
-    expected, got = cpu(x), gpu(x.cuda())
+    expected, got = cpu(x), gpu(x.to(device))
     assert torch.equal(cpu.last_applied, gpu.last_applied.cpu())
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=0)
 
