@@ -157,3 +157,14 @@ def test_tables_show_missing_values_as_a_dash():
     assert "| identity | — | — | 0.12 |" in md
     assert "nan" not in md.lower() and "inf" not in md.lower()
     assert "nan" not in to_latex(m).lower()
+
+
+def test_heatmap_boxes_ties_at_the_shown_precision(monkeypatch, tmp_path):
+    """Two rows tied at 2 decimals are both boxed; a column where every row ties (grayscale
+    on grey images: 0.00 everywhere) has no box, since no row is better there."""
+    m = pd.DataFrame([[0.301, 1e-7, 0.5],
+                      [0.304, 2e-7, 0.2],
+                      [0.7, 0.0, 0.9]],
+                     index=["rotation", "scale", "identity"],
+                     columns=["rotation", "grayscale", "invert"])
+    assert _boxes(monkeypatch, m, True, tmp_path) == {(0, 0), (0, 1), (2, 1)}

@@ -90,8 +90,9 @@ def heatmap(mean: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
             digits: int = 2, cmap: str = "viridis_r") -> Path:
     """Draw ``mean`` as a labelled heatmap with values in the cells and a colour bar.
 
-    In each column the best cell (lowest if ``lower_is_better``) is outlined, so the
-    reader sees at a glance which training family is most invariant to each evaluation.
+    In each column the best cell (lowest if ``lower_is_better``) at the precision shown
+    is outlined (tied cells all; none where every row ties), so the reader sees at a
+    glance which training family is most invariant to each evaluation.
     """
     import matplotlib
 
@@ -124,14 +125,22 @@ def heatmap(mean: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
             ax.text(j, i, text, ha="center", va="center", fontsize=7 if std is not None else 8,
                     color="white" if dark else "black")
     for j in range(n_cols):
-        col = values[:, j]
-        if np.isfinite(col).any():
-            best = int(np.nanargmin(col) if lower_is_better else np.nanargmax(col))
-            ax.add_patch(Rectangle((j - 0.5, best - 0.5), 1, 1, fill=False, lw=2.2,
+        # best at the precision shown: tied rows are all boxed, and a column where every
+        # row ties (e.g. grayscale on grey images) has no box
+        col = np.where(np.isfinite(values[:, j]), np.round(values[:, j], digits), np.nan)
+        if not np.isfinite(col).any():
+            continue
+        best = np.nanmin(col) if lower_is_better else np.nanmax(col)
+        ties = np.flatnonzero(col == best)
+        if len(ties) == np.isfinite(col).sum() and len(ties) > 1:
+            continue
+        for i in ties:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.2,
                                    edgecolor="red"))
     cb = fig.colorbar(im, ax=ax, shrink=0.9)
     cb.set_label(colorbar)
-    ax.text(1.0, -0.02 - 0.9 / max(n_rows, 1), "red box: best row in each column",
+    ax.text(1.0, -0.02 - 0.9 / max(n_rows, 1),
+            "red box: best row in each column (ties all boxed; none if all rows tie)",
             transform=ax.transAxes, ha="right", va="top", fontsize=8, color="red")
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, dpi=130, format=path.suffix.lstrip(".")))
