@@ -111,7 +111,8 @@ def heatmap(mean: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
     ax.set_xticks(range(n_cols), [SHORT.get(c, c) for c in mean.columns], rotation=35,
                   ha="right")
     ax.set_yticks(range(n_rows), [ROW.get(r, r) for r in mean.index])
-    ax.set_xlabel("transformation in evaluation")
+    ax.set_xlabel("transformation in evaluation\n(red box: best row in each column; ties all "
+                  "boxed, none where every row ties)")
     ax.set_ylabel("transformation in training")
     ax.set_title(title)
     norm = im.norm
@@ -139,9 +140,6 @@ def heatmap(mean: pd.DataFrame, path: str | Path, *, title: str, colorbar: str,
                                    edgecolor="red"))
     cb = fig.colorbar(im, ax=ax, shrink=0.9)
     cb.set_label(colorbar)
-    ax.text(1.0, -0.02 - 0.9 / max(n_rows, 1),
-            "red box: best row in each column (ties all boxed; none if all rows tie)",
-            transform=ax.transAxes, ha="right", va="top", fontsize=8, color="red")
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, dpi=130, format=path.suffix.lstrip(".")))
     plt.close(fig)
