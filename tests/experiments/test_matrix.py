@@ -1,6 +1,9 @@
-"""The matrix study end to end on tiny data: tables, labels, values, and resume."""
+"""The matrix study end to end on tiny data: tables, labels, values, resume (also after
+changed inputs), overrides, LaTeX escaping and the heatmap's boxes."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,7 +11,7 @@ import pytest
 
 from viscope.errors import ViscopeError
 from viscope.experiments import load_config, run_matrix
-from viscope.report import to_latex, to_markdown
+from viscope.report import heatmap, to_latex, to_markdown
 
 
 def tiny_config(**kw):
@@ -124,3 +127,144 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     assert "±" in (folder / "invariance.md").read_text()
     summary = (folder / "summary.md").read_text()
     assert "in **1 of 1** columns: rotation." in summary
+
+
+def _mtimes(folder, pattern):
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob(pattern)}
+
+
+def test_resume_recomputes_cells_whose_inputs_changed(tmp_path):
+    """A re-run with other measurement or training settings never reuses stale cells;
+    one that only changes a hardware setting (batch size of the measurement) reuses all."""
+    out = tmp_path / "m"
+    first = run_matrix(tiny_config(), out, log=None, progress=False)["vit"]
+    assert first.trained == 2 and first.measured == 6
+    ckpts = _mtimes(out, "best.pt")
+
+    # measurement settings: every measured cell is measured again, no model is retrained
+    # (clean accuracy does not depend on them and stays)
+    clean = _mtimes(out, "clean.json")
+    fewer = run_matrix(tiny_config(samples=6, params=2), out, log=None, progress=False)["vit"]
+    assert fewer.trained == 0 and fewer.measured == 4
+    assert _mtimes(out, "best.pt") == ckpts and _mtimes(out, "clean.json") == clean
+    cell = json.loads((out / "vit/cells/rotation/seed0/rotation.json").read_text())
+    assert cell["inputs"]["measure"]["samples"] == 6
+    assert cell["inputs"]["measure"]["params"] == 2
+
+    # hardware only: nothing is recomputed
+    before = files(out)
+    same = run_matrix(tiny_config(samples=6, params=2, measure_batch_size=12), out, log=None,
+                      progress=False)["vit"]
+    assert same.trained == 0 and same.measured == 0 and files(out) == before
+
+    # training settings (per-model epochs and lr): both models are trained again with
+    # them, and every cell is measured again on the new weights
+    models = [{"name": "test_vit", "args": {"img_size": 32}, "label": "vit", "epochs": 2,
+               "lr": 5e-4}]
+    longer = run_matrix(tiny_config(samples=6, params=2, models=models), out, log=None,
+                        progress=False)["vit"]
+    assert longer.trained == 2 and longer.measured == 6
+    for fam in ("rotation", "identity"):
+        rec = json.loads((out / f"vit/train/{fam}/seed0/train.json").read_text())
+        assert rec["config"]["epochs"] == 2 and rec["config"]["lr"] == pytest.approx(5e-4)
+        assert rec["status"] == "finished"
+
+
+def test_set_overrides_reach_model_entries_with_types():
+    from viscope.cli import _parse_kv
+
+    over = _parse_kv(["epochs=2", "lr=1e-3", "models.0.epochs=3", "models.1.lr=0.01",
+                      "models.0.args.img_size=64"], "--set")
+    cfg = load_config(_demo(), over)
+    assert cfg.epochs == 2 and isinstance(cfg.epochs, int)
+    assert cfg.lr == pytest.approx(1e-3) and isinstance(cfg.lr, float)
+    assert cfg.models[0].epochs == 3 and isinstance(cfg.models[0].epochs, int)
+    assert cfg.models[1].lr == pytest.approx(0.01)
+    assert cfg.models[0].args["img_size"] == 64 and cfg.models[0].args["patch_size"] == 8
+    for bad in ({"models.5.epochs": 1}, {"models.x.epochs": 1}, {"epochs.x": 1}):
+        with pytest.raises(ViscopeError, match="override"):
+            load_config(_demo(), bad)
+
+
+def _demo():
+    from pathlib import Path
+
+    import viscope
+
+    return Path(viscope.__file__).parent / "configs" / "matrix-demo.yaml"
+
+
+def test_latex_escapes_names_and_caption():
+    m = pd.DataFrame([[0.5, 0.25]], index=["my_family"], columns=["rotation", "average"])
+    tex = to_latex(m, caption="Average NV · test_vit on /data/my_set (32 px), 50% & more")
+    assert r"test\_vit" in tex and r"my\_set" in tex and r"50\% \& more" in tex
+    assert r"my\_family" in tex
+    assert "test_vit" not in tex.replace(r"test\_vit", "")
+    # the numbers themselves are untouched
+    assert "0.50 & 0.25" in tex
+
+
+def test_tabulated_latex_of_unlabelled_model_compiles_underscores(tmp_path):
+    from viscope.experiments.matrix import _tabulate
+
+    cfg = tiny_config(models=[{"name": "test_vit", "args": {"img_size": 32}}])
+    folder = tmp_path / "test_vit"
+    for tr in cfg.train_families:
+        d = folder / "cells" / tr / "seed0"
+        d.mkdir(parents=True)
+        (d / "clean.json").write_text(json.dumps({"accuracy": 0.9}))
+        for ev in cfg.eval_families:
+            (d / f"{ev}.json").write_text(json.dumps({"nv": 0.5, "accuracy": 0.5}))
+    _tabulate(cfg, cfg.models[0], folder, 0, 0)
+    for stem in ("invariance", "accuracy"):
+        tex = (folder / f"{stem}.tex").read_text()
+        assert r"test\_vit" in tex and "test_vit" not in tex.replace(r"test\_vit", "")
+
+
+def _boxes(monkeypatch, mean, lower_is_better, tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    figs = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    heatmap(mean, tmp_path / "h.png", title="t", colorbar="c",
+            lower_is_better=lower_is_better)
+    ax = figs[0].axes[0]
+    boxes = {(round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in ax.patches
+             if isinstance(p, Rectangle) and not p.get_fill()}
+    real_close(figs[0])
+    return boxes  # (column, row)
+
+
+def test_heatmap_boxes_best_row_per_column(monkeypatch, tmp_path):
+    """NV: the lowest value of each column; accuracy: the highest; NaN and inf never win
+    and a column without finite values has no box."""
+    m = pd.DataFrame([[0.9, np.nan, 0.2, np.nan],
+                      [0.1, 0.5, np.inf, np.nan],
+                      [0.4, 0.3, 0.6, np.nan]],
+                     index=["rotation", "scale", "identity"],
+                     columns=["rotation", "scale", "invert", "contrast"])
+    assert _boxes(monkeypatch, m, True, tmp_path) == {(0, 1), (1, 2), (2, 0)}
+    acc = m.replace(np.inf, np.nan)
+    assert _boxes(monkeypatch, acc, False, tmp_path) == {(0, 0), (1, 1), (2, 2)}
+
+
+def test_tables_show_missing_values_as_a_dash():
+    m = pd.DataFrame([[np.nan, np.inf, 0.125]], index=["identity"],
+                     columns=["rotation", "scale", "average"])
+    md = to_markdown(m)
+    assert "| identity | — | — | 0.12 |" in md
+    assert "nan" not in md.lower() and "inf" not in md.lower()
+    assert "nan" not in to_latex(m).lower()
+
+
+def test_heatmap_boxes_ties_at_the_shown_precision(monkeypatch, tmp_path):
+    """Two rows tied at 2 decimals are both boxed; a column where every row ties (grayscale
+    on grey images: 0.00 everywhere) has no box, since no row is better there."""
+    m = pd.DataFrame([[0.301, 1e-7, 0.5],
+                      [0.304, 2e-7, 0.2],
+                      [0.7, 0.0, 0.9]],
+                     index=["rotation", "scale", "identity"],
+                     columns=["rotation", "grayscale", "invert"])
+    assert _boxes(monkeypatch, m, True, tmp_path) == {(0, 0), (0, 1), (2, 1)}
