@@ -95,8 +95,12 @@ class Family:
                 shape, or a value lies outside :attr:`domain`.
         """
         images = check_images(images)
-        p = self.check_params(params, images.shape[0], images.device, images.dtype)
+        p = self.check_params(params, images.shape[0], images.device, self._param_dtype(images))
         return self._apply(images, p)
+
+    def _param_dtype(self, images: Tensor) -> torch.dtype:
+        """The dtype :meth:`_apply` gets the parameters in (default: the images')."""
+        return images.dtype
 
     def __call__(self, images: Tensor, params: ParamsArg) -> Tensor:
         """Same as :meth:`apply`."""

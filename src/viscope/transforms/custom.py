@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from viscope.errors import ViscopeError
-from viscope.transforms.base import Family, ParamsArg, check_images
+from viscope.transforms.base import Family
 
 ImageFn = Callable[[Tensor], Tensor]
 
@@ -96,14 +96,10 @@ class CallableFamily(Family):
             )
         return torch.arange(n, device=device, dtype=dtype or torch.get_default_dtype())
 
-    def apply(self, images: Tensor, params: ParamsArg) -> Tensor:
-        """Same as :meth:`Family.apply`; indices are kept in float32, not the image dtype.
-
-        bfloat16 holds whole numbers exactly only up to 256, so casting the indices to
-        the images' dtype would pick the wrong callable (or none) beyond that.
-        """
-        images = check_images(images)
-        return self._apply(images, self.check_params(params, len(images), images.device, _INDEX))
+    def _param_dtype(self, images: Tensor) -> torch.dtype:
+        """float32, not the images' dtype: bfloat16 holds whole numbers exactly only up to
+        256, so it would pick the wrong callable (or none) beyond that."""
+        return _INDEX
 
     def _check_domain(self, p: Tensor) -> None:
         bad = ~(torch.isfinite(p) & (p.round() >= 0) & (p.round() <= len(self) - 1))

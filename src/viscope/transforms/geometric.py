@@ -176,20 +176,14 @@ class GeometricFamily(Family):
             m = rescale_matrix(self._matrix(p, size[0], size[1]), size, (h, w))
         return _warp(features, torch.linalg.inv(m), self.mode, self.affine)
 
-    def apply(self, images: Tensor, params: ParamsArg) -> Tensor:
-        """Same as :meth:`Family.apply`, with the parameters kept in the matrix dtype.
-
-        Rounding them to the image dtype first would move half-precision warps (bfloat16
-        turns 100.3 degrees into 100.5) away from :meth:`matrix` and :meth:`inverse`.
-        """
-        images = check_images(images)
-        p = self.check_params(params, images.shape[0], images.device, _matrix_dtype(images.device))
-        return self._apply(images, p)
+    def _param_dtype(self, images: Tensor) -> torch.dtype:
+        """The matrix dtype, not the images': rounding parameters to a half-precision image
+        dtype first would move warps (bfloat16 turns 100.3 degrees into 100.5) away from
+        :meth:`matrix` and :meth:`inverse`."""
+        return _matrix_dtype(images.device)
 
     def _apply(self, images: Tensor, params: Tensor) -> Tensor:
-        m = self._matrix(
-            params.to(_matrix_dtype(images.device)), images.shape[-2], images.shape[-1]
-        )
+        m = self._matrix(params, images.shape[-2], images.shape[-1])
         return _warp(images, m, self.mode, self.affine).clamp(0.0, 1.0)
 
     def _matrix(self, params: Tensor, height: int, width: int) -> Tensor:
