@@ -9,7 +9,6 @@ after a measured layer cannot corrupt it.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -186,7 +185,7 @@ def measure(
     was_training = model.training
     model.to(device).eval()
     bar = _Progress(False, 0, "")
-    guard = GracefulInterrupt() if resume is not None else contextlib.nullcontext()
+    guard = GracefulInterrupt(enabled=resume is not None)
     try:
         probe = _collate([dataset[indices[0]]]).to(device)
         records = _probe(model, family, grid, probe, names, tokens)
@@ -221,8 +220,8 @@ def measure(
             first = start[1] if s == start[0] else 0
 
             def after_batch(done: int, s: int = s) -> None:
-                stop = getattr(guard, "requested", False)
-                if ckpt is not None and (ckpt.due() or done == n_batches or stop):
+                stop = guard.requested  # read once: Ctrl-C may land during advance()
+                if ckpt is not None and (ckpt.due() or stop):
                     ckpt.save(s, done, states)
                 bar.advance()
                 if stop:

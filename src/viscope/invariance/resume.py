@@ -75,8 +75,6 @@ class Checkpoint:
                 "weights, data, transformation, layers, options or batch size differ); delete "
                 "it, or write this run to another folder."
             )
-        if set(saved["layers"]) != set(states):
-            raise ViscopeError(f"The resume file {self.path} holds other layers; delete it.")
         for name, st in list(states.items()):
             dev = st.tensors()[0].device
             layer = saved["layers"][name]
@@ -111,17 +109,19 @@ class Checkpoint:
 class GracefulInterrupt:
     """While active (in the main thread), a first Ctrl-C only sets :attr:`requested`, so
     the loop can finish its batch, save and stop with a consistent state; a second
-    Ctrl-C interrupts at once as usual.
+    Ctrl-C interrupts at once as usual. With ``enabled=False`` it changes nothing.
     """
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.requested = enabled, False
         self._previous: Any = None
+        self._installed = False
 
     def __enter__(self) -> GracefulInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -131,8 +131,9 @@ class GracefulInterrupt:
               flush=True)
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
 
 
 def _cpu(value: Any) -> Any:
