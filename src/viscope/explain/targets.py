@@ -68,7 +68,7 @@ class Target:
     classes: torch.Tensor | None = None
     fn: Callable | None = None
     per_image: list[Callable] | None = None
-    _checked: tuple | None = field(default=None, repr=False, compare=False)
+    _valid_for: int | None = field(default=None, repr=False, compare=False)  # checked K
 
     @property
     def predicted(self) -> bool:
@@ -105,13 +105,11 @@ class Target:
         if self.predicted:
             self.classes = _logits(outputs).detach().argmax(dim=1)
         if self.classes is not None:
-            # the range check syncs a GPU: once per (classes, number of outputs)
-            key = (id(self.classes), outputs.shape[1] if outputs.ndim > 1 else None)
-            if self._checked != key:
-                logits = class_logits(outputs, self.classes)
-                self._checked = key
-            else:
-                logits = _logits(outputs)
+            # the range check syncs a GPU: once per number of outputs K
+            logits = _logits(outputs)
+            if self._valid_for != logits.shape[1]:
+                class_logits(logits, self.classes)
+                self._valid_for = logits.shape[1]
             values = logits.softmax(dim=1) if prob else logits
             cls = self.classes.to(outputs.device)[index]
             return values.gather(1, cls[:, None])[:, 0]
