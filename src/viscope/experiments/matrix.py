@@ -117,13 +117,14 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
     device = _device(cfg)
     total = len(cfg.seeds) * len(cfg.train_families) * (len(cfg.eval_families) + 1)
     done = trained = measured = 0
+    measure_in = _plain(_measure_inputs(cfg))
     for seed in cfg.seeds:
         for fam in cfg.train_families:
             tdir = folder / "train" / fam / f"seed{seed}"
             cdir = folder / "cells" / fam / f"seed{seed}"
             train_in = _plain(_train_inputs(cfg, mc, fam, seed))
             inputs = {e: {"train": train_in} if e == "clean"
-                      else {"train": train_in, "measure": _plain(_measure_inputs(cfg))}
+                      else {"train": train_in, "measure": measure_in}
                       for e in ["clean", *cfg.eval_families]}
             todo = [e for e, want in inputs.items()
                     if (_read_json(cdir / f"{e}.json") or {}).get("inputs") != want]
