@@ -358,9 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
         code = app(args=argv, standalone_mode=False)
-        if isinstance(code, int) and code != 0:  # typer returns 130 for Ctrl-C
-            if code == 130:
-                print("interrupted", file=sys.stderr)
+        if code == 130:  # typer turns Ctrl-C into this return value
+            _interrupted()
+        if isinstance(code, int) and code != 0:
             sys.exit(code)
     except ViscopeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as e:
         print(f"error: {e}. Check the path.", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as e:
-        _interrupted(e)
+    except KeyboardInterrupt:
+        _interrupted()
     except Exception as e:  # click usage errors carry their own exit code
         import click
 
@@ -378,13 +378,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):  # click wraps Ctrl-C in Abort
             if isinstance(e.__cause__, KeyboardInterrupt):
-                _interrupted(e.__cause__)
+                _interrupted()
             sys.exit(1)
         raise
 
 
-def _interrupted(e: KeyboardInterrupt) -> None:
-    print(f"interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+def _interrupted() -> None:
+    """Ctrl-C: exit 130 (a command that saved its work has said where, e.g. invariance)."""
+    print("interrupted", file=sys.stderr)
     sys.exit(130)
 
 
