@@ -327,3 +327,17 @@ def test_early_stopping_and_max_steps(
     assert stopped.epochs < 10 and stopped.test_acc is None
     losses = stopped.history["val_loss"].tolist()
     assert losses[-1] >= min(losses[:-1])  # stopped because the last epoch did not improve
+
+
+@pytest.mark.parametrize("alias", ["32", 32])
+def test_precision_alias_is_the_same_run(
+    run_config: dict[str, Any], finished_run: Any, tmp_path: Path, alias: Any
+) -> None:
+    # Lightning reads 32 and "32" as "32-true" (the default): the finished run is returned,
+    # not refused as a different configuration.
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run.result.out, out)
+    again = fit("test_vit", out=out, precision=alias, **run_config)
+    assert again.skipped
+    with pytest.raises(ViscopeError, match=r"precision: .*overwrite=True"):
+        fit("test_vit", out=out, precision="bf16", **run_config)

@@ -227,7 +227,7 @@ def fit(
             "weight_decay": float(weight_decay),
             "schedule": schedule,
             "optimizer": "AdamW (timm parameter groups: no decay on biases, norms, tokens)",
-            "precision": str(precision),
+            "precision": canonical_precision(precision),
             "early_stop_patience": early_stop_patience,
             "trainer": {
                 k: v for k, v in trainer_kwargs.items() if k not in HARDWARE_ARGS and _is_plain(v)
@@ -390,6 +390,21 @@ def _select_best(best: ModelCheckpoint, module: Classifier) -> tuple[float, int]
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
     return float(best.best_model_score), int(checkpoint["epoch"])
+
+
+#: Lightning's short precision names and the names they stand for (``"32"`` is ``"32-true"``).
+_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+
+
+def canonical_precision(precision: str | int) -> str:
+    """Lightning's full name of a precision, so that aliases record the same run.
+
+    Example:
+        >>> canonical_precision(32), canonical_precision("bf16"), canonical_precision("16-true")
+        ('32-true', 'bf16-mixed', '16-true')
+    """
+    name = str(precision)
+    return _PRECISION_ALIASES.get(name, name)
 
 
 def _resolve_model(
