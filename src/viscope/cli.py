@@ -290,6 +290,8 @@ def train(
     devices: Annotated[int, typer.Option()] = 1,
     precision: Annotated[str, typer.Option(help="32-true, bf16-mixed, 16-mixed")] = "32-true",
     model_arg: ModelArg = None,
+    overwrite: Annotated[bool, typer.Option(help="delete a run of another configuration in "
+                                                 "--out and train again")] = False,
 ) -> None:
     """Train a classifier with an augmentation family; best checkpoint on validation."""
     from viscope import data, models
@@ -300,7 +302,7 @@ def train(
     net = models.create(model, num_classes=len(splits["train"].classes), **_parse_kv(model_arg))
     res = fit(net, splits, augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
               seed=seed, out=out, accelerator=accelerator, devices=devices,
-              precision=precision, progress=True)
+              precision=precision, progress=True, overwrite=overwrite)
     _console().print(f"best val accuracy {res.best_val_acc:.3f}, test accuracy "
                      f"{res.test_acc:.3f}; checkpoint {res.checkpoint}")
 

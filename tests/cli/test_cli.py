@@ -118,3 +118,14 @@ def test_ctrl_c_exits_130_and_says_where_the_work_is(tmp_path, capsys, monkeypat
                         "--transform", "rotation", "--no-progress", "--out",
                         str(tmp_path / "x")], capsys)
     assert code == 130 and "run it again to resume" in err
+
+
+def test_train_into_a_folder_of_another_run_says_how_and_overwrites(tmp_path, capsys):
+    base = ["train", "--model", "test_vit", "--model-arg", "img_size=32", "--out",
+            str(tmp_path / "t"), "--n", "60", "--batch-size", "20", "--epochs", "1"]
+    assert run(base, capsys)[0] == 0
+    code, out, err = run([*base[:-1], "2"], capsys)
+    assert code == 2 and "epochs: 1 -> 2" in out + err and "--overwrite" in out + err
+    assert json.loads((tmp_path / "t" / "train.json").read_text())["config"]["epochs"] == 1
+    assert run([*base[:-1], "2", "--overwrite"], capsys)[0] == 0
+    assert json.loads((tmp_path / "t" / "train.json").read_text())["config"]["epochs"] == 2

@@ -268,3 +268,35 @@ def test_heatmap_boxes_ties_at_the_shown_precision(monkeypatch, tmp_path):
                      index=["rotation", "scale", "identity"],
                      columns=["rotation", "grayscale", "invert"])
     assert _boxes(monkeypatch, m, True, tmp_path) == {(0, 0), (0, 1), (2, 1)}
+
+
+def test_training_folders_without_recorded_inputs_are_reused_or_replaced(tmp_path):
+    """Folders of an older viscope (no inputs.json, cells without inputs): a training made
+    with the same settings is kept, one made with other settings is trained again instead
+    of stopping the whole run."""
+    out = tmp_path / "m"
+    run_matrix(tiny_config(), out, log=None, progress=False)
+
+    def make_legacy():
+        for p in out.rglob("inputs.json"):
+            p.unlink()
+        for p in (out / "vit" / "cells").rglob("*.json"):
+            cell = json.loads(p.read_text())
+            cell.pop("inputs")
+            p.write_text(json.dumps(cell))
+
+    make_legacy()
+    ckpts = _mtimes(out, "best.pt")
+    same = run_matrix(tiny_config(), out, log=None, progress=False)["vit"]
+    assert same.trained == 0 and same.measured == 6  # cells of unknown inputs: measured
+    assert _mtimes(out, "best.pt") == ckpts
+
+    make_legacy()
+    logs = []
+    models = [{"name": "test_vit", "args": {"img_size": 32}, "label": "vit", "epochs": 2}]
+    longer = run_matrix(tiny_config(models=models), out, log=logs.append, progress=False)["vit"]
+    assert longer.trained == 2 and longer.measured == 6
+    assert sum("other settings" in s and "epochs: 1 -> 2" in s for s in logs) == 2
+    for fam in ("rotation", "identity"):
+        rec = json.loads((out / f"vit/train/{fam}/seed0/train.json").read_text())
+        assert rec["config"]["epochs"] == 2 and rec["status"] == "finished"

@@ -111,6 +111,7 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
     from viscope import models
     from viscope.invariance import measure
     from viscope.train import evaluate, fit
+    from viscope.train.run import RunMismatch
 
     splits = _splits(cfg)
     classes = len(splits["train"].classes)
@@ -139,15 +140,28 @@ def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
             before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
                 else None
             t0 = time.perf_counter()
-            torch.manual_seed(seed)  # the initial weights follow the seed too
-            net = models.create(mc.name, num_classes=classes, **mc.args)
-            res = fit(net, splits, augment=None if fam == "identity" else fam,
-                      epochs=mc.epochs or cfg.epochs, batch_size=cfg.batch_size,
-                      lr=mc.lr or cfg.lr,
-                      weight_decay=cfg.weight_decay, augment_p=cfg.augment_p, seed=seed,
-                      out=tdir, accelerator=cfg.accelerator, devices=cfg.devices,
-                      precision=cfg.precision, num_workers=cfg.num_workers, progress=progress,
-                      overwrite=stale)
+
+            def train(overwrite: bool, fam=fam, seed=seed, tdir=tdir):
+                torch.manual_seed(seed)  # the initial weights follow the seed too
+                net = models.create(mc.name, num_classes=classes, **mc.args)
+                return fit(net, splits, augment=None if fam == "identity" else fam,
+                           epochs=mc.epochs or cfg.epochs, batch_size=cfg.batch_size,
+                           lr=mc.lr or cfg.lr, weight_decay=cfg.weight_decay,
+                           augment_p=cfg.augment_p, seed=seed, out=tdir,
+                           accelerator=cfg.accelerator, devices=cfg.devices,
+                           precision=cfg.precision, num_workers=cfg.num_workers,
+                           progress=progress, overwrite=overwrite)
+
+            try:
+                res = train(stale)
+            except RunMismatch as err:
+                if stored is not None:  # recorded as ours: fit should have agreed
+                    raise
+                # a training folder without inputs.json (an older viscope's, or copied in)
+                # made with other settings: replaced, as a recorded one would be
+                log(f"{mc.tag} · {tdir} holds a training with other settings; training "
+                    f"again ({'; '.join(err.differences[:3])})")
+                res = train(True)
             after = (tdir / "best.pt").stat().st_mtime_ns
             if after != before:
                 trained += 1

@@ -182,6 +182,18 @@ def merge_metrics(previous: pd.DataFrame | None, path: Path) -> pd.DataFrame:
     return pd.concat([older, current], ignore_index=True)
 
 
+class RunMismatch(ViscopeError):
+    """The run folder holds a run made with another training configuration.
+
+    Attributes:
+        differences: the differing keys, ``"key: stored -> current"`` each.
+    """
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
 def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> dict | Path | None:
     """Decide what to do with the run folder.
 
@@ -200,11 +212,12 @@ def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> dict |
     diff = config_diff(stored.get("config"), config)
     if diff:
         listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise ViscopeError(
+        raise RunMismatch(
             f"Expected the run folder {out} to hold the same training configuration; it "
             f"holds another run ({stored.get('status', 'unknown')}) that differs in: "
-            f"{listed}. Use another out= folder, or pass overwrite=True to delete that run "
-            "and train again."
+            f"{listed}. Use another out= folder, or pass overwrite=True (--overwrite on the "
+            "command line) to delete that run and train again.",
+            diff,
         )
     if stored.get("status") == "finished" and (out / BEST).is_file():
         return stored
