@@ -18,7 +18,9 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIP_HINT = "Fix or remove the file, or pass skip_corrupt=True to skip unreadable files."
 _SHOW = 5  # how many file names an error or warning lists
 _ORIENTATION = 0x0112  # EXIF tag; values 5..8 swap width and height
-_WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16/32-bit greyscale modes
+_WIDE_GREY = ("F", "I", "I;16", "I;16B", "I;16L", "I;16N")  # float, 16/32-bit greyscale
+# Formats whose mode "I" holds 16-bit samples: PGM (and PNG in older Pillow) open as "I".
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
 
 Size = tuple[int, int]
 
@@ -137,22 +139,76 @@ def check_same_size(paths: Sequence[Path], what: str) -> None:
             )
 
 
+def _unit_grey(im: Image.Image, path: Path, fmt: str | None) -> np.ndarray:
+    """Pixels of a float or 16/32-bit greyscale image as float64 in [0, 1].
+
+    The rule is the one :func:`load_rgb` documents: 16-bit modes (and mode ``"I"`` from a
+    16-bit file format ``fmt``) span 0..65535; otherwise a float image within [0, 1] is used as is,
+    then values within 0..255 are 8-bit and values within 0..65535 are 16-bit.
+
+    Raises:
+        ViscopeError: A pixel is NaN or infinite, or values fall outside 0..65535.
+    """
+    arr = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ViscopeError(
+            f"Expected finite pixel values in image file '{path}'; got NaN or infinite "
+            "values. Replace them (e.g. with 0) and save the image again."
+        )
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0 or hi > 65535:
+        kind = "float" if im.mode == "F" else "32-bit integer"
+        raise ViscopeError(
+            f"Expected the {kind} greyscale image file '{path}' to hold values in [0, 1], "
+            f"0..255 or 0..65535; got values from {lo:g} to {hi:g}. Rescale it to [0, 1] "
+            "(e.g. (x - min) / (max - min)) and save it again."
+        )
+    if im.mode.startswith("I;16") or (im.mode == "I" and fmt in _SIXTEEN_BIT_FORMATS):
+        return arr / 65535.0
+    if im.mode == "F" and hi <= 1.0:
+        return arr
+    return arr / (255.0 if hi <= 255 else 65535.0)
+
+
+def _from_wide_grey(im: Image.Image, path: Path, fmt: str | None, mask: bool) -> Image.Image:
+    """A float/16/32-bit greyscale image as ``"L"`` (8 bits), a 0/1 mask, or ``"F"`` in [0, 1].
+
+    A mask (``mask=True``) whose values are all 0 or 1 keeps them as labels; any other is
+    thresholded here at half its range, so that 16-bit precision decides, not 8-bit
+    rounding. An image in mode ``"F"`` stays float (full precision) in [0, 1].
+    """
+    unit = _unit_grey(im, path, fmt)
+    if mask:
+        raw = np.asarray(im)
+        on = raw == 1 if np.isin(raw, (0, 1)).all() else unit >= 0.5
+        return Image.fromarray(on.astype(np.uint8))
+    if im.mode == "F":
+        return Image.fromarray(unit.astype(np.float32))
+    return Image.fromarray(np.round(unit * 255.0).astype(np.uint8))
+
+
 def _open(path: Path, mode: str) -> Image.Image:
     """Decode ``path`` as shown (EXIF orientation applied) and convert it to ``mode``.
 
-    16-bit greyscale is scaled to 8 bits (PIL's ``convert`` would clip it at 255), except
-    for a mask (``mode="L"``) whose values are all 0 or 1. A palette mask keeps its indices
-    (not its colours' luminance).
+    Float and 16/32-bit greyscale are scaled by the rule :func:`load_rgb` documents (PIL's
+    ``convert`` would clip them at 255); for ``mode="RGB"`` a float image comes back in
+    mode ``"F"`` with values in [0, 1] (so that its precision is kept), and for a mask
+    (``mode="L"``) such an image comes back as 0/1. A palette mask keeps its indices (not
+    its colours' luminance).
+
+    Raises:
+        ViscopeError: The file cannot be decoded, or its float/32-bit values are NaN,
+            infinite or out of range; the message names it.
     """
     try:
         with Image.open(path) as im:
+            fmt = im.format  # a transposed copy has none
             if im.getexif().get(_ORIENTATION, 1) != 1:
                 im = ImageOps.exif_transpose(im)
             if im.mode in _WIDE_GREY:
-                arr = np.asarray(im, dtype=np.float64)
-                if mode != "L" or arr.max(initial=0.0) > 1.0:
-                    arr = arr / 257.0
-                im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+                im = _from_wide_grey(im, path, fmt, mask=mode == "L")
+                if im.mode == "F":
+                    return im
             elif im.mode == "P" and mode == "L":
                 im = Image.fromarray(np.asarray(im, dtype=np.uint8), "L")
             elif im.mode in ("RGB", "RGBA") and mode == "L":
@@ -160,6 +216,8 @@ def _open(path: Path, mode: str) -> Image.Image:
                 # is foreground like white
                 im = Image.fromarray(np.asarray(im.convert("RGB")).max(axis=2), "L")
             return im.convert(mode)
+    except ViscopeError:
+        raise  # already names the file and the fix
     except _READ_ERRORS as err:
         raise ViscopeError(f"Cannot read image file '{path}': {err}. {_SKIP_HINT}") from None
 
@@ -167,14 +225,32 @@ def _open(path: Path, mode: str) -> Image.Image:
 def load_rgb(path: Path, size: Size | None) -> torch.Tensor:
     """Read an image as RGB float32 (3, H, W) in [0, 1], resized (bilinear) to ``size``.
 
+    Greyscale is repeated in the three channels. Greyscale wider than 8 bits is scaled,
+    not clipped, by one rule:
+
+    * 16-bit modes (``I;16``, and ``I`` from a 16-bit format such as PGM) span 0..65535.
+    * Float (mode ``F``, e.g. a float TIFF): values all within [0, 1] are used as they are
+      (at float precision); otherwise values within 0..255 are read as 8-bit, and values
+      within 0..65535 as 16-bit.
+    * 32-bit integer (mode ``I``, e.g. an int32 TIFF): values within 0..255 are 8-bit,
+      values within 0..65535 are 16-bit.
+    * NaN or infinite pixels, negative values and values above 65535 are an error: rescale
+      the image to [0, 1] and save it again.
+
+    Integer images end up with 8-bit precision (1/255 steps); float images keep theirs.
+
     Raises:
-        ViscopeError: The file cannot be decoded; the message names it and the way to skip.
+        ViscopeError: The file cannot be decoded (the message names it and the way to
+            skip), or it is a float/32-bit image with NaN, infinite or out-of-range values.
     """
     im = _open(path, "RGB")
     if size is not None and im.size != (size[1], size[0]):
         im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    arr = np.asarray(im, dtype=np.float32)
+    if im.mode == "F":  # float greyscale, already in [0, 1]
+        grey = torch.from_numpy(np.clip(arr, 0.0, 1.0))
+        return grey.expand(3, -1, -1).contiguous()
+    return torch.from_numpy(arr / 255.0).permute(2, 0, 1).contiguous()
 
 
 def load_mask(path: Path, size: Size | None) -> torch.Tensor:
@@ -183,11 +259,14 @@ def load_mask(path: Path, size: Size | None) -> torch.Tensor:
     The mask is read as greyscale (a colour mask by its brightest channel, so that a red
     annotation counts like a white one) and thresholded at half its range: values of
     0..255 are scaled to [0, 1] first, while an image whose values are all 0 or 1 (a label
-    map saved as 8 or 16 bits, or as palette indices) is used as is; 16-bit values are
-    scaled to 8 bits first.
+    map saved as 8, 16 or 32 bits, as floats, or as palette indices) is used as is. Float
+    and 16/32-bit masks are scaled to [0, 1] by the rule :func:`load_rgb` documents and
+    then thresholded at 0.5: a float mask in [0, 1] (e.g. probabilities) at 0.5, values
+    within 0..255 at 127.5, 16-bit ones at 32767.5.
 
     Raises:
-        ViscopeError: The file cannot be decoded; the message names it.
+        ViscopeError: The file cannot be decoded, or it is a float/32-bit image with NaN,
+            infinite or out-of-range values; the message names it.
     """
     im = _open(path, "L")
     if size is not None and im.size != (size[1], size[0]):
