@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,8 @@ def measure(
                         f"{spec.name} · {getattr(family, 'name', '')}")
         bar.advance(start[0] * n_batches + start[1])
         merged = states
+        plan = _Plan(model, family, grid, records, tokens, spec.equivariant, device, shard,
+                     rows)
         for s, stage in enumerate(stages):
             if s < start[0]:
                 continue
@@ -230,9 +232,7 @@ def measure(
 
             try:
                 with guard:
-                    _run_stage(model, family, grid, loader_from(first), first, states,
-                               records, stage, s, tokens, spec.equivariant, device,
-                               after_batch, shard, rows)
+                    plan.run_stage(loader_from(first), first, states, stage, s, after_batch)
             except _BadInput as e:
                 if ckpt is None:
                     raise ViscopeError(f"{e} and run again.") from None
@@ -325,54 +325,70 @@ def _warn_non_finite(states: dict[str, LayerState], measure: str) -> None:
         )
 
 
-def _run_stage(model, family, grid, loader, first, states, records, stage, s, tokens,
-               equivariant, device, after_batch, shard, rows) -> None:
-    """Run one stage over ``loader`` (batches ``first``, ``first + 1``, ...);
-    ``after_batch(done)`` is called once each batch is in the states. ``shard[k]`` is the
-    dataset index of the k-th sample, ``rows`` samples a batch (to name bad samples)."""
-    m = grid.shape[0]
-    ctx: dict[str, Any] = {}
+@dataclass(frozen=True)
+class _Plan:
+    """What every stage of one measurement shares. ``shard[k]`` is the dataset index of
+    this process's k-th sample and ``rows`` the samples per batch (to name bad samples)."""
 
-    def consume(name: str, act: torch.Tensor) -> None:
-        st = states[name]  # the tap only hooks measured layers
-        b, cols = ctx["rows"], ctx["cols"]
-        if equivariant:
-            rec = records[name]
-            if rec.layout == "tokens":
-                h, w = rec.grid
-                act = act.transpose(1, 2).reshape(act.shape[0], act.shape[2], h, w)
-            act = family.inverse(act, ctx["params"])
-        st.update(act.reshape(b, cols, *act.shape[1:]), s)
-        ctx["fired"] += 1
-        if ctx["fired"] == len(states):
-            raise _StopForward  # every measured layer is in: the rest of the net is not needed
+    model: nn.Module
+    family: Any
+    grid: torch.Tensor
+    records: dict
+    tokens: str
+    equivariant: bool
+    device: torch.device
+    shard: list[int]
+    rows: int
 
-    with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=tokens):
-        for done, x in enumerate(loader, start=first + 1):
-            finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
-            if not bool(finite.all()):
-                ids = [shard[(done - 1) * rows + i] for i in (~finite).nonzero()[:, 0].tolist()]
-                raise _BadInput(
-                    f"Dataset samples {ids} have NaN or infinite pixels: fix them", done - 1)
-            x = x.to(device, non_blocking=True)
-            b = x.shape[0]
-            params = grid.repeat(b, *([1] * (grid.ndim - 1)))
-            if stage == "reference":
-                images, cols = x, 1
-            else:
-                moved = family.apply(x.repeat_interleave(m, 0), params)
-                if stage == "grid":
-                    images, cols = moved, m
-                else:  # grid+reference: column 0 is the untransformed image
-                    moved = moved.reshape(b, m, *x.shape[1:])
-                    images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
-                    cols = m + 1
-            ctx.update(rows=b, cols=cols, params=params, fired=0)
-            try:
-                model(images)
-            except _StopForward:
-                pass
-            after_batch(done)
+    def run_stage(self, loader: DataLoader, first: int, states: dict[str, LayerState],
+                  stage: str, s: int, after_batch: Callable[[int], None]) -> None:
+        """Run stage ``s`` (``stage``) over ``loader`` (batches ``first``, ``first + 1``,
+        ...); ``after_batch(done)`` is called once each batch is in the states."""
+        model, family, grid, records = self.model, self.family, self.grid, self.records
+        equivariant, device, shard, rows = self.equivariant, self.device, self.shard, self.rows
+        m = grid.shape[0]
+        ctx: dict[str, Any] = {}
+
+        def consume(name: str, act: torch.Tensor) -> None:
+            st = states[name]  # the tap only hooks measured layers
+            b, cols = ctx["rows"], ctx["cols"]
+            if equivariant:
+                rec = records[name]
+                if rec.layout == "tokens":
+                    h, w = rec.grid
+                    act = act.transpose(1, 2).reshape(act.shape[0], act.shape[2], h, w)
+                act = family.inverse(act, ctx["params"])
+            st.update(act.reshape(b, cols, *act.shape[1:]), s)
+            ctx["fired"] += 1
+            if ctx["fired"] == len(states):
+                raise _StopForward  # every measured layer is in: the rest of the net is not needed
+
+        with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=self.tokens):
+            for done, x in enumerate(loader, start=first + 1):
+                finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
+                if not bool(finite.all()):
+                    ids = [shard[(done - 1) * rows + i] for i in (~finite).nonzero()[:, 0].tolist()]
+                    raise _BadInput(
+                        f"Dataset samples {ids} have NaN or infinite pixels: fix them", done - 1)
+                x = x.to(device, non_blocking=True)
+                b = x.shape[0]
+                params = grid.repeat(b, *([1] * (grid.ndim - 1)))
+                if stage == "reference":
+                    images, cols = x, 1
+                else:
+                    moved = family.apply(x.repeat_interleave(m, 0), params)
+                    if stage == "grid":
+                        images, cols = moved, m
+                    else:  # grid+reference: column 0 is the untransformed image
+                        moved = moved.reshape(b, m, *x.shape[1:])
+                        images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
+                        cols = m + 1
+                ctx.update(rows=b, cols=cols, params=params, fired=0)
+                try:
+                    model(images)
+                except _StopForward:
+                    pass
+                after_batch(done)
 
 
 def _dist_info() -> tuple[int, int]:
