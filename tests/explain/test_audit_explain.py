@@ -27,16 +27,19 @@ def _seg() -> nn.Module:
                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
 
 
-@pytest.mark.parametrize("method", ["gradcam", "scorecam", "saliency", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "saliency", "inputxgradient",
+                                    "integrated_gradients", "smoothgrad", "occlusion"])
 @pytest.mark.parametrize("target", [4, -1, [0, 9]])
 def test_class_index_out_of_range_is_a_viscope_error(resnet, method, target) -> None:
-    """Out-of-range classes gave torch's RuntimeError on the CPU (a device assert on CUDA)."""
-    opts = {"layer": "layer4"} if method == "scorecam" else {}
+    """Out-of-range classes gave torch's RuntimeError on the CPU (a device assert on CUDA);
+    occlusion surfaced captum's indexing error."""
+    opts = {"scorecam": {"layer": "layer4"}, "integrated_gradients": {"n_steps": 2},
+            "smoothgrad": {"n_samples": 2}}.get(method, {})
     with pytest.raises(ViscopeError, match=r"class ind.*\[0, 4\)"):
         E.attribute(resnet, torch.rand(2, 3, 32, 32), method, target=target, **opts)
 
 
-@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam"])
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "gradcam", "occlusion"])
 def test_class_target_on_a_segmentation_output_is_a_viscope_error(method) -> None:
     """captum-based methods raised captum's AssertionError ('Output must be 2D')."""
     with pytest.raises(ViscopeError, match="RegionTarget"):

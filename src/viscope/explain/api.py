@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,11 +32,35 @@ class Method:
             resolution; ``layer`` is ``None`` for methods without one).
         uses_layer: whether the method reads a layer (CAMs).
         about: one line for ``viscope list methods``.
+        options: the keyword options ``fn`` accepts, or ``None`` when it accepts any
+            (``**kwargs``) and :func:`attribute` does not check them.
     """
 
     fn: Callable[..., torch.Tensor]
     uses_layer: bool
     about: str
+    options: tuple[str, ...] | None = None
+
+
+def _options(fn: Callable[..., Any], skip: int) -> tuple[str, ...] | None:
+    """The parameters of ``fn`` that can be passed by keyword, after its first ``skip``
+    (those the registry passes by position); ``None`` if it takes ``**kwargs``."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _check_options(method: str, accepted: tuple[str, ...] | None, given: dict) -> None:
+    unknown = [name for name in given if accepted is not None and name not in accepted]
+    if not unknown:
+        return
+    names = ", ".join(repr(n) for n in unknown)
+    what = f"option {names}" if len(unknown) == 1 else f"options {names}"
+    known = (f"its options are: {', '.join(accepted)}. Remove it or use one of those"
+             if accepted else "it has no options. Remove it")
+    raise ViscopeError(f"Method {method!r} takes no {what}; {known}.")
 
 
 METHODS: Registry[Method] = Registry("attribution method")
@@ -65,7 +90,7 @@ for _name, _cls, _about in [
     ("eigencam", cam.EigenCAM, "Eigen-CAM: first principal component (class-agnostic)"),
     ("scorecam", cam.ScoreCAM, "Score-CAM: channels weighted by masked-input scores"),
 ]:
-    METHODS.register(_name, Method(_cam(_cls), True, _about))
+    METHODS.register(_name, Method(_cam(_cls), True, _about, _options(_cls, 0)))
 for _name, _fn, _about in [
     ("rise", perturbation.rise, "RISE: random-mask perturbation"),
     ("cbrise", perturbation.cbrise, "CB-RISE: RISE that stops when the map converges"),
@@ -76,7 +101,8 @@ for _name, _fn, _about in [
     ("smoothgrad", gradients.smoothgrad, "SmoothGrad: noise-averaged saliency (captum)"),
     ("rollout", rollout.attention_rollout, "attention rollout for ViTs (class-agnostic)"),
 ]:
-    METHODS.register(_name, Method(_plain(_fn), False, _about))
+    # the registry passes model, images and target by position
+    METHODS.register(_name, Method(_plain(_fn), False, _about, _options(_fn, 3)))
 
 
 def list_methods() -> list[str]:
@@ -126,8 +152,8 @@ def attribute(
         (B, H, W) maps on the images' device.
 
     Raises:
-        ViscopeError: unknown method or layer, a target of the wrong length, a layer of a
-            method that has none, or images that are not (B, C, H, W).
+        ViscopeError: unknown method, option of the method or layer, a target of the wrong
+            length, a layer of a method that has none, or images that are not (B, C, H, W).
 
     Warns:
         UserWarning: a map is all zeros or not finite (naming the layer and another to try).
@@ -139,6 +165,7 @@ def attribute(
         torch.Size([2, 64, 48])
     """
     spec = METHODS.get(method)
+    _check_options(method, spec.options, options)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ViscopeError(
             f"Expected images as a tensor (B, C, H, W); got "

@@ -307,11 +307,13 @@ def occlusion(
 def captum_forward(model: nn.Module, target: Target):
     """A captum ``forward_func`` and ``target`` for a resolved target.
 
-    Class targets pass captum the class list; a shared callable becomes part of the forward
-    function (captum then reads one score per row).
+    Class targets pass captum the class list, with a forward function that first checks
+    the outputs and the class range (:meth:`Target.class_outputs`: captum's own indexing
+    error is opaque); a shared callable becomes part of the forward function (captum then
+    reads one score per row).
     """
     if target.classes is not None:
-        return model, target.classes.tolist()
+        return (lambda x: target.class_outputs(model(x))), target.classes.tolist()
     if target.fn is not None:
         fn = target.fn
         return (lambda x: fn(model(x))), None

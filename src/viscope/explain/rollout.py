@@ -20,7 +20,7 @@ from viscope.models import unwrap
 
 def attention_rollout(
     model: nn.Module, images: torch.Tensor, target: Target | None = None, *,
-    head_fusion: str = "mean", residual: float = 0.5,
+    head_fusion: str = "mean", residual: float = 0.5, discard_ratio: float = 0.0,
 ) -> torch.Tensor:
     """Rollout map (B, h, w) on the patch grid; class-agnostic (the target is unused).
 
@@ -29,18 +29,27 @@ def attention_rollout(
     each input token. The map is the class token's row (the mean over patch rows when the
     model has no class token), over patch tokens only (register tokens dropped).
 
+    With ``discard_ratio > 0``, before the identity is mixed in, the
+    ``int(n * n * discard_ratio)`` smallest entries of each image's fused (n, n) matrix
+    are set to 0, except entry (0, 0), which is never discarded (so one fewer is zeroed
+    when it is among the smallest): the ``rollout`` of jacobgil/vit-explain, which removes
+    low-attention noise and gives sharper maps.
+
     Args:
         model: a timm ViT (wrapped or not).
         images: (B, C, H, W).
         target: ignored (rollout does not depend on the class).
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
         residual: weight of the identity (the skip connection).
+        discard_ratio: the share in [0, 1) of each layer's smallest fused attention
+            entries set to 0 (0: none, the plain rollout of Abnar & Zuidema).
 
     Returns:
         (B, rows, cols) rollout on the patch grid.
 
     Raises:
-        ViscopeError: the model has no timm attention blocks.
+        ViscopeError: the model has no timm attention blocks, an unknown ``head_fusion``
+            or ``discard_ratio`` outside [0, 1).
     """
     net = unwrap(model)
     blocks = getattr(net, "blocks", None)
@@ -52,6 +61,12 @@ def attention_rollout(
         )
     if head_fusion not in ("mean", "max", "min"):
         raise ViscopeError(f"Expected head_fusion 'mean', 'max' or 'min'; got {head_fusion!r}.")
+    if (isinstance(discard_ratio, bool) or not isinstance(discard_ratio, int | float)
+            or not 0 <= discard_ratio < 1):
+        raise ViscopeError(
+            f"Expected discard_ratio in [0, 1) (the share of smallest attention entries set "
+            f"to 0); got {discard_ratio!r}. Pass e.g. 0.9, or 0 to discard nothing."
+        )
     attns: list[torch.Tensor] = []
     names = [f"blocks.{i}.attn.attn_drop" for i in range(len(blocks))]
     fused = [(b.attn, getattr(b.attn, "fused_attn", None)) for b in blocks]
@@ -73,6 +88,7 @@ def attention_rollout(
     for a in attns:
         fused_a = getattr(a, head_fusion)(dim=1)
         fused_a = fused_a if head_fusion == "mean" else fused_a.values
+        fused_a = _discard_smallest(fused_a, int(n * n * discard_ratio))
         a = residual * eye + (1 - residual) * fused_a
         a = a / a.sum(dim=-1, keepdim=True)
         roll = a @ roll
@@ -80,3 +96,19 @@ def attention_rollout(
     row = roll[:, 0, prefix:] if has_cls else roll[:, prefix:, prefix:].mean(dim=1)
     grid = token_grid(n - prefix, record, model, (images.shape[-2], images.shape[-1]))
     return row.reshape(images.shape[0], *grid)
+
+
+def _discard_smallest(attn: torch.Tensor, k: int) -> torch.Tensor:
+    """``attn`` (B, n, n) with each image's ``k`` smallest entries set to 0, except (0, 0).
+
+    As jacobgil/vit-explain's ``rollout``: the k smallest are chosen first and (0, 0) is
+    then spared, so only k - 1 are zeroed when it is among them. The reference zeroes
+    only the first image of a batch; here each image loses its own smallest entries.
+    """
+    if k == 0:
+        return attn
+    flat = attn.flatten(1)
+    drop = torch.zeros_like(flat, dtype=torch.bool)
+    drop.scatter_(1, flat.topk(k, dim=1, largest=False).indices, True)
+    drop[:, 0] = False
+    return flat.masked_fill(drop, 0).view_as(attn)

@@ -82,6 +82,19 @@ class Target:
                 self.classes = _logits(model(images)).argmax(dim=1)
         return self
 
+    def class_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``outputs`` as class logits (N, K), with :attr:`classes` checked against K.
+
+        Raises:
+            ViscopeError: outputs that are not (N, K), or a class index outside [0, K).
+        """
+        logits = _logits(outputs)
+        # the range check syncs a GPU: once per number of outputs K
+        if self.classes is not None and self._valid_for != logits.shape[1]:
+            class_logits(logits, self.classes)
+            self._valid_for = logits.shape[1]
+        return logits
+
     def score(
         self, outputs: torch.Tensor, index: torch.Tensor | None = None, *, prob: bool = False
     ) -> torch.Tensor:
@@ -105,11 +118,7 @@ class Target:
         if self.predicted:
             self.classes = _logits(outputs).detach().argmax(dim=1)
         if self.classes is not None:
-            # the range check syncs a GPU: once per number of outputs K
-            logits = _logits(outputs)
-            if self._valid_for != logits.shape[1]:
-                class_logits(logits, self.classes)
-                self._valid_for = logits.shape[1]
+            logits = self.class_outputs(outputs)
             values = logits.softmax(dim=1) if prob else logits
             cls = self.classes.to(outputs.device)[index]
             return values.gather(1, cls[:, None])[:, 0]
