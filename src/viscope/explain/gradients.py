@@ -12,16 +12,12 @@ import torch
 from torch import nn
 
 from viscope.explain.perturbation import captum_forward
-from viscope.explain.targets import Target, class_logits
+from viscope.explain.targets import Target
 
 
 def _prepare(model: nn.Module, images: torch.Tensor, target: Target):
     target.fix(model, images)
-    fwd, tgt = captum_forward(model, target)
-    if target.classes is not None:
-        # captum selects the classes itself: check the outputs and the indices first
-        classes = target.classes
-        fwd = lambda x: class_logits(model(x), classes)  # noqa: E731
+    fwd, tgt = captum_forward(model, target)  # checks the outputs and the class indices
     return images.detach().clone().requires_grad_(True), fwd, tgt
 
 
