@@ -99,7 +99,7 @@ def test_state_memory_is_2m_plus_1_per_unit():
     m, units = 16, (8, 4, 4)
     st = NormalizedVariance(m, units)
     floats = sum(t.numel() for t in st.tensors())
-    per_unit = (floats - m - 1) / np.prod(units)  # minus the scalar counts
+    per_unit = (floats - m - 2) / np.prod(units)  # minus the counts and the epsilon
     assert per_unit == 2 * m + 1
     assert all(t.dtype == torch.float64 for t in st.tensors())
 

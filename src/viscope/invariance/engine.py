@@ -9,6 +9,7 @@ after a measured layer cannot corrupt it.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -164,9 +165,19 @@ def measure(
     # sync and moves them itself
     grid = family.grid(params)
     m = grid.shape[0]
+    if m < spec.state.min_params:
+        raise ViscopeError(
+            f"Measure {spec.name!r} needs at least {spec.state.min_params} parameter values; "
+            f"got params={m}. Pass params={spec.state.min_params} or more."
+        )
     names = vmodels.select_layers(model, layers)
 
     n = min(samples, len(dataset))
+    if n < 2:
+        raise ViscopeError(
+            f"Expected a dataset of at least 2 samples (a spread over samples); it has "
+            f"{len(dataset)}. Measure on more images."
+        )
     if n < samples:
         warnings.warn(f"dataset has {len(dataset)} items; measuring all of them, not {samples}",
                       stacklevel=2)
@@ -174,7 +185,7 @@ def measure(
     indices = torch.randperm(len(dataset), generator=g)[:n].tolist()
     rank, world = _dist_info()
     shard = indices[rank::world]
-    rows = max(1, batch_size // m)
+    rows = max(spec.state.min_rows, batch_size // m)
 
     def loader_from(batch: int) -> DataLoader:
         return DataLoader(Subset(dataset, shard[batch * rows:]), batch_size=rows,
@@ -196,14 +207,16 @@ def measure(
                           stacklevel=2)
         if not measured:
             raise ViscopeError(f"None of the layers {names} ran in a forward pass.")
-        states = {nm: _new_state(spec, records[nm], m, opts, device) for nm in measured}
+        states = {nm: _new_state(spec, records[nm], m, opts, device, tokens)
+                  for nm in measured}
         stages = spec.state.stages
         start = (0, 0)
         ckpt = None
         if resume is not None:
             key = fingerprint(model, {
                 "measure": spec.name, "options": opts.__dict__, "grid": grid.tolist(),
-                "transform": getattr(family, "name", "custom"), "indices": shard,
+                "transform": getattr(family, "name", "custom"), "family": _family_key(family),
+                "indices": shard,
                 "rows": rows, "layers": measured, "tokens": tokens, "world": world,
                 "rank": rank, "dataset": len(dataset),
             })
@@ -287,10 +300,26 @@ def _probe(model, family, grid, probe, names, tokens):
     return records
 
 
-def _new_state(spec, rec, m, opts, device) -> LayerState:
+def _family_key(family) -> dict:
+    """What decides the transformed images besides the grid: the family's options
+    (``mode``, ``seed``, ...) and, for callables, their code (best effort: values a
+    closure captures are not seen)."""
+    plain = (bool, int, float, str)
+    key = {k: v for k, v in vars(family).items() if isinstance(v, plain)
+           or (isinstance(v, tuple) and all(isinstance(e, plain) for e in v))}
+    codes = []
+    for f in getattr(family, "functions", ()):
+        code = getattr(f, "__code__", None)
+        text = repr(f) if code is None else repr((code.co_code, code.co_consts, code.co_names))
+        codes.append(hashlib.sha256(text.encode()).hexdigest())
+    return {**key, "functions": codes}
+
+
+def _new_state(spec, rec, m, opts, device, tokens="all") -> LayerState:
     unit_shape = rec.unit_shape
     if spec.equivariant:
-        if rec.layout == "tokens" and rec.grid is not None and rec.prefix_tokens == 0:
+        patches_only = rec.prefix_tokens == 0 or tokens == "patch"
+        if rec.layout == "tokens" and rec.grid is not None and patches_only:
             unit_shape = (unit_shape[1], *rec.grid)
         elif rec.layout == "tokens" and rec.grid is not None:
             raise ViscopeError(

@@ -12,6 +12,7 @@ import math
 import torch
 from scipy import stats as _stats
 
+from viscope.errors import ViscopeError
 from viscope.invariance.stats import (
     centred_moments,
     rounding_floor,
@@ -29,7 +30,7 @@ def dispersion(x: torch.Tensor, dim: int, variance: bool = False) -> torch.Tenso
     if x.shape[dim] < 2:
         return torch.zeros_like(x.select(dim, 0))
     mean, m2 = centred_moments(x, dim)
-    v = rounding_floor(m2 / (x.shape[dim] - 1), mean, x.dtype)
+    v = rounding_floor(m2 / (x.shape[dim] - 1), mean, torch.finfo(x.dtype).eps)
     return v if variance else v.sqrt()
 
 
@@ -48,7 +49,7 @@ def nv(acts: torch.Tensor, variance: bool = False, spatial_dims: tuple[int, ...]
 
 
 def anova_from_moments(
-    count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor
+    count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, eps: float | torch.Tensor = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One-way ANOVA F statistic and p-value per unit from per-group moments.
 
@@ -56,6 +57,9 @@ def anova_from_moments(
         count: (M,) observations per group (transformation).
         mean: (M, *units) group means.
         m2: (M, *units) group sums of squared deviations.
+        eps: machine epsilon of the precision the moments were reduced in: spreads within
+            and between groups below its rounding floor (see ``rounding_floor``) are 0,
+            so a constant unit gets F = NaN instead of a ratio of rounding noise.
 
     Returns:
         ``(F, p)`` per unit; where the within-group variance is 0, F is inf if the means
@@ -65,11 +69,14 @@ def anova_from_moments(
     n = count.reshape(shape)
     total = count.sum()
     grand = (mean * n).sum(0) / total
-    ssb = (n * (mean - grand) ** 2).sum(0)
-    ssw = m2.sum(0)
+    ssb = rounding_floor((n * (mean - grand) ** 2).sum(0) / total, grand, eps) * total
+    ssw = (rounding_floor(m2 / n.clamp_min(1), mean, eps) * n).sum(0)
     dfb, dfw = count.numel() - 1, float(total) - count.numel()
     if dfb < 1 or dfw < 1:
-        raise ValueError("ANOVA needs at least 2 transformations and more samples than them")
+        raise ViscopeError(
+            f"ANOVA needs at least 2 transformations and more samples than them; got "
+            f"{count.numel()} transformations and {int(total)} observations. Use more of both."
+        )
     msb, msw = ssb / dfb, ssw / dfw
     f = torch.where(msw > 0, msb / msw.clamp_min(1e-300),
                     torch.where(msb > 0, torch.full_like(msb, math.inf),

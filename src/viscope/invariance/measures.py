@@ -61,6 +61,10 @@ class LayerState(ABC):
     #: attributes that :meth:`end_stage` derives from the merged state (e.g. thresholds)
     #: and that every shard needs for the next stage.
     derived: ClassVar[tuple[str, ...]] = ()
+    #: the fewest parameter values (transformations) the measure is defined for.
+    min_params: ClassVar[int] = 1
+    #: the fewest samples :meth:`update` needs in one block of rows.
+    min_rows: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -160,6 +164,8 @@ class Anova(LayerState):
     layer value is the fraction of units that vary with the transformation.
     """
 
+    min_params = 2  # one group has no between-group spread
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.samples = Moments.empty((self.n_params,), self.unit_shape, self.device)
@@ -179,7 +185,7 @@ class Anova(LayerState):
 
     def compute(self) -> dict[str, torch.Tensor]:
         s = self.samples
-        f, p = F.anova_from_moments(s.count, s.mean, s.m2)
+        f, p = F.anova_from_moments(s.count, s.mean, s.m2, s.eps)
         units = math.prod(self.unit_shape)  # tests per layer (1 for a scalar unit)
         alpha = self.options.alpha / units if self.options.bonferroni else self.options.alpha
         return {"f": f, "p": p, "variant": (p < alpha).double()}
@@ -227,8 +233,8 @@ class Goodfellow(LayerState):
         return [*self.reference.tensors(), self.fired, self.local, self.count]
 
     def _load(self, tensors: list[torch.Tensor]) -> None:
-        self.reference = Moments(*(t.clone() for t in tensors[:3]))
-        self.fired, self.local, self.count = (t.clone() for t in tensors[3:])
+        self.reference = Moments(*(t.clone() for t in tensors[:4]))
+        self.fired, self.local, self.count = (t.clone() for t in tensors[4:])
 
     def merge_(self, other: Goodfellow) -> Goodfellow:
         self.reference.merge_(other.reference)
@@ -250,8 +256,11 @@ class NormalizedDistance(LayerState):
     TD: per sample, the mean |a(T_i x) - a(T_j x)| over pairs of transformations (exact).
     SD: per transformation, the mean |a(T x_i) - a(T x_j)| over pairs of samples,
     estimated without storing samples from the pairs inside each block of rows (an
-    unbiased U-statistic on disjoint blocks; blocks of one sample contribute no pair).
+    unbiased U-statistic on disjoint blocks; blocks of one sample contribute no pair, so
+    the engine feeds at least two samples per block).
     """
+
+    min_rows = 2
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -166,10 +166,12 @@ def plot_results(results: Sequence[InvarianceResult], labels: Sequence[str] | No
                       fontsize=8)
         ax.set_xlabel("layer")
     else:
-        ax.set_xlabel("relative depth of layer (%)")
+        ax.set_xlabel("relative depth of layer (%)" if relative else "layer index")
     ylabel = QUANTITY_LABELS.get(q, q)
-    hint = " (lower = more invariant)" if results[0].lower_is_invariant else \
-        " (higher = more invariant)"
+    hint = ""  # only the primary quantity reads as (in)variance (a large SV does not)
+    if q == results[0].primary:
+        hint = " (lower = more invariant)" if results[0].lower_is_invariant else \
+            " (higher = more invariant)"
     ax.set_ylabel(ylabel + (" [unitless]" if q in ("nv", "nd") else ""))
     ax.set_title(f"{ylabel} per layer{hint}")
     ax.grid(alpha=0.3)

@@ -25,17 +25,23 @@ from viscope.errors import ViscopeError
 from viscope.invariance.measures import LayerState
 from viscope.io import atomic_write
 
-FORMAT = 1
+FORMAT = 2  # 2: Moments carry the epsilon of their precision
 
 
 def fingerprint(model: nn.Module, config: dict[str, Any]) -> str:
-    """A digest of ``config`` (JSON-able) and of the model's weights and buffers."""
+    """A digest of ``config`` (JSON-able) and of the model's weights and buffers.
+
+    Each tensor gives its dtype and sums that see its values (sum, |x|, x^2) and their
+    positions (a sum weighted by position, so that permuted channels differ).
+    """
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, t in (*model.named_parameters(), *model.named_buffers()):
-            d = t.detach().double()
-            h.update(f"{name}:{tuple(t.shape)}:{float(d.sum())!r}:{float(d.abs().sum())!r}:"
-                     f"{float((d * d).sum())!r}".encode())
+            d = t.detach().double().flatten()
+            w = torch.linspace(1.0, 2.0, d.numel(), dtype=torch.float64, device=d.device)
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{float(d.sum())!r}:"
+                     f"{float(d.abs().sum())!r}:{float((d * d).sum())!r}:"
+                     f"{float((d * w).sum())!r}".encode())
     return h.hexdigest()
 
 

@@ -18,7 +18,9 @@ class Moments:
     """Count, mean and sum of squared deviations (M2) of observations along one axis.
 
     ``count`` has the shape of the leading "group" axes (possibly ``()``); ``mean`` and
-    ``m2`` have the group shape followed by the unit shape.
+    ``m2`` have the group shape followed by the unit shape. ``eps`` (a 0-d tensor) is the
+    machine epsilon of the coarsest precision the observations were reduced in (0 when
+    empty): it sets the rounding floor of :meth:`var`.
 
     >>> m = Moments.empty((), (2,))
     >>> m.update(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
@@ -29,6 +31,7 @@ class Moments:
     count: torch.Tensor
     mean: torch.Tensor
     m2: torch.Tensor
+    eps: torch.Tensor
 
     @classmethod
     def empty(
@@ -36,7 +39,8 @@ class Moments:
     ) -> Moments:
         """Moments with no observations."""
         z = torch.zeros((*group_shape, *unit_shape), dtype=torch.float64, device=device)
-        return cls(torch.zeros(group_shape, dtype=torch.float64, device=device), z, z.clone())
+        return cls(torch.zeros(group_shape, dtype=torch.float64, device=device), z, z.clone(),
+                   torch.zeros((), dtype=torch.float64, device=device))
 
     @classmethod
     def of(cls, x: torch.Tensor, group_ndim: int = 0) -> Moments:
@@ -52,7 +56,8 @@ class Moments:
         mean, m2 = centred_moments(x, 0)
         count = torch.full(mean.shape[:group_ndim], float(x.shape[0]), dtype=torch.float64,
                            device=x.device)
-        return cls(count, mean.double(), m2.double())
+        eps = torch.tensor(torch.finfo(x.dtype).eps, dtype=torch.float64, device=x.device)
+        return cls(count, mean.double(), m2.double(), eps)
 
     def update(self, x: torch.Tensor) -> None:
         """Add observations ``x`` of shape (n, *group_shape, *unit_shape)."""
@@ -68,18 +73,20 @@ class Moments:
         self.mean = self.mean + delta * (nb_ / n_)
         self.m2 = self.m2 + other.m2 + delta**2 * (na_ * nb_ / n_)
         self.count = n
+        self.eps = torch.maximum(self.eps, other.eps)
         return self
 
     def var(self, ddof: int = 1) -> torch.Tensor:
         """Variance with ``ddof`` (0 where there are not more than ``ddof`` observations).
 
-        A variance below float64 rounding of the mean (a constant unit) is exactly 0, so
-        that 0/0 and x/0 in the Normalized Variance do not depend on how batches merged.
+        A variance below the rounding of the mean in the observations' precision (a
+        constant unit) is exactly 0, so that 0/0 and x/0 in the Normalized Variance do not
+        depend on how batches merged.
         """
         shape = (*self.count.shape, *([1] * (self.mean.ndim - self.count.ndim)))
         denom = (self.count - ddof).reshape(shape)
         v = torch.where(denom > 0, self.m2 / denom.clamp_min(1.0), torch.zeros_like(self.m2))
-        return rounding_floor(v, self.mean, torch.float32)
+        return rounding_floor(v, self.mean, self.eps)
 
     def std(self, ddof: int = 1) -> torch.Tensor:
         """Standard deviation with ``ddof``."""
@@ -87,7 +94,7 @@ class Moments:
 
     def tensors(self) -> list[torch.Tensor]:
         """The state as a list of tensors (for ``torch.distributed`` gathering)."""
-        return [self.count, self.mean, self.m2]
+        return [self.count, self.mean, self.m2, self.eps]
 
 
 def centred_moments(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,14 +119,15 @@ def working_precision(x: torch.Tensor) -> torch.Tensor:
 
 
 def rounding_floor(var: torch.Tensor, mean: torch.Tensor,
-                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                   eps: float | torch.Tensor) -> torch.Tensor:
     """Zero the variances that are only rounding noise around ``mean``.
 
     The moments of a constant unit give M2 ~ (ulp of the mean)^2 instead of 0 once means
-    are rounded; anything with std below 16 ulp (of ``dtype``) of |mean| is treated as
-    exactly constant, so that 0/0 and x/0 in the NV do not depend on batching.
+    are rounded; anything with std below 16 ulp (machine epsilon ``eps`` of the precision
+    the values were reduced in) of |mean| is treated as exactly constant, so that 0/0 and
+    x/0 in the NV do not depend on batching.
     """
-    tol = (16 * torch.finfo(dtype).eps * mean.abs()) ** 2
+    tol = (16 * eps * mean.abs()) ** 2
     return torch.where(var <= tol, torch.zeros_like(var), var)
 
 
