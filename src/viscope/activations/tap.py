@@ -14,6 +14,9 @@ Correctness rules that the reference library tmeasures does not follow:
   and :attr:`LayerRecord.picked` says which element it was.
 * An output whose first dimension is not the batch (e.g. FasterViT's window-partitioned
   ``(B * windows, tokens, C)`` tensors) is refused with an error naming a parent block.
+* Only calls made while the network itself runs count: a ``torch.utils.checkpoint``
+  recomputation during backward, or a direct call such as ``net.forward_features(x)``,
+  is not captured (so it is never mistaken for a second call).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from viscope.activations.layout import layout_4d
 from viscope.errors import ViscopeError
 
 Callback = Callable[[str, torch.Tensor], None]
@@ -111,6 +115,8 @@ class Tap:
         self.tokens = tokens
         self.activations: dict[str, torch.Tensor] = {}
         self._batch: int | None = None
+        self._image_hw: tuple[int, int] | None = None
+        self._running = False
         self._calls: dict[str, int] = {}
         self._handles: list = []
         modules = dict(self.net.named_modules())
@@ -118,6 +124,8 @@ class Tap:
         self._specs: dict[str, list[_Spec]] = {}
         self.records: dict[str, LayerRecord] = {}
         for layer in layers:
+            if layer in self.records:
+                continue  # named twice: one record, streamed once
             module_name, call = parse_layer(layer)
             if module_name not in modules:
                 examples = ", ".join(n for n in list(modules)[1:6])
@@ -147,6 +155,8 @@ class Tap:
             for module_name, specs in self._specs.items():
                 module = specs[0].module
                 self._handles.append(module.register_forward_hook(self._make_hook(module_name)))
+            # last, so that a hook on the network itself still sees it running
+            self._handles.append(self.net.register_forward_hook(self._end, always_call=True))
         except BaseException:
             self.close()
             raise
@@ -165,11 +175,20 @@ class Tap:
     def _pre_hook(self, module, args, kwargs):
         x = args[0] if args else next(iter(kwargs.values()), None)
         self._batch = x.shape[0] if isinstance(x, torch.Tensor) else None
+        is_image = isinstance(x, torch.Tensor) and x.ndim == 4
+        self._image_hw = (int(x.shape[-2]), int(x.shape[-1])) if is_image else None
         self._calls = {}
+        self.activations.clear()  # what a layer gave in an earlier pass is not this pass's
+        self._running = True
         return None
+
+    def _end(self, module, args, output):
+        self._running = False
 
     def _make_hook(self, module_name: str):
         def hook(module, args, output):
+            if not self._running:
+                return  # not the network's forward (checkpoint recomputation, direct call)
             specs = self._specs[module_name]
             k = self._calls.get(module_name, 0)
             self._calls[module_name] = k + 1
@@ -220,12 +239,13 @@ class Tap:
     def _describe_layout(self, rec: LayerRecord, t: torch.Tensor) -> None:
         shape = tuple(t.shape[1:])
         if t.ndim == 4:
-            module = self._specs[rec.module_name][0].module
-            rec.layout = "hwc" if _channels_last(self.net, module) else "chw"
+            rec.layout = layout_4d(self.net, rec.module_name, t)
         elif t.ndim == 3:
             rec.layout = "tokens"
             rec.prefix_tokens = int(getattr(self.net, "num_prefix_tokens", 0) or 0)
-            grid = getattr(getattr(self.net, "patch_embed", None), "grid_size", None)
+            grid = self._patch_grid()
+            if rec.prefix_tokens and grid is not None and grid[0] * grid[1] == shape[0]:
+                rec.prefix_tokens = 0  # the patch embedding: no prefix tokens prepended yet
             n_patch = shape[0] - rec.prefix_tokens
             if grid is not None and int(grid[0]) * int(grid[1]) == n_patch:
                 rec.grid = (int(grid[0]), int(grid[1]))
@@ -246,40 +266,23 @@ class Tap:
             rec.layout = "other"
         rec.unit_shape = shape
 
+    def _patch_grid(self) -> tuple[int, int] | None:
+        """The patch grid of the network's patch embedding for this pass's images."""
+        embed = getattr(self.net, "patch_embed", None)
+        feat_size = getattr(embed, "dynamic_feat_size", None)
+        if callable(feat_size) and self._image_hw is not None:
+            try:
+                rows, cols = feat_size(self._image_hw)
+                return int(rows), int(cols)
+            except (TypeError, ValueError, AttributeError):
+                pass
+        grid = getattr(embed, "grid_size", None)
+        return (int(grid[0]), int(grid[1])) if grid is not None else None
+
     @property
     def missing(self) -> list[str]:
         """Addressed layers that did not run (or whose call index never happened)."""
         return [n for n, r in self.records.items() if not r.captured]
-
-
-# Modules whose 4-D output is (B, C, H, W) whatever the model around them does.
-_CHANNELS_FIRST = (
-    nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
-    nn.PixelShuffle, nn.PixelUnshuffle, nn.Dropout2d,
-)
-
-
-def _channels_last(net: nn.Module, module: nn.Module) -> bool:
-    """Whether ``module``'s 4-D output is (B, H, W, C).
-
-    Models that work channels-last (timm's ``output_fmt == "NHWC"``, e.g. Swin;
-    torchvision's Swin) say so for their blocks, but their convolutions (the patch
-    embedding's ``proj``) and pools stay channels-first, and a ``Permute`` module says
-    by its own ``dims``.
-    """
-    dims = getattr(module, "dims", None)
-    if type(module).__name__ == "Permute" and isinstance(dims, (list, tuple)) and len(dims) == 4:
-        return list(dims) == [0, 2, 3, 1]
-    if isinstance(module, _CHANNELS_FIRST):
-        return False
-    if getattr(net, "output_fmt", None) in ("NHWC", "nhwc"):
-        return True
-    try:
-        from torchvision.models import SwinTransformer
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return False
-    return isinstance(net, SwinTransformer)
 
 
 def _pick(output, batch: int | None) -> tuple[torch.Tensor | None, str]:
@@ -311,11 +314,21 @@ def capture(
 ) -> tuple[dict[str, torch.Tensor], dict[str, LayerRecord]]:
     """Run ``model(images)`` once under ``no_grad`` and return per-sample activations.
 
+    The model's mode is left alone (train mode gives batch-statistics activations), but
+    its buffers (BatchNorm running statistics) are restored: measuring changes nothing.
+
     Returns:
         ``(activations, records)``: the activation of each layer (B, ...) and what the
         tap learnt about it (layout, unit shape, prefix tokens, ...). Layers that did not
         run are absent from ``activations`` and listed with ``calls == 0`` in ``records``.
     """
-    with torch.no_grad(), Tap(model, layers, tokens=tokens) as tap:
-        model(images)
+    training = any(m.training for m in model.modules())
+    buffers = [(b, b.clone()) for b in model.buffers()] if training else []
+    try:
+        with torch.no_grad(), Tap(model, layers, tokens=tokens) as tap:
+            model(images)
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return tap.activations, tap.records
