@@ -129,8 +129,9 @@ def list_layers(
 def invariance(
     model: Annotated[str, typer.Option(help="timm name, torchvision:NAME, fastervit_* or "
                                             "checkpoint path")],
-    transform: Annotated[str, typer.Option(help="transformation family "
-                                                "(see `viscope list transforms`)")],
+    transform: Annotated[str, typer.Option(help="transformation family (see `viscope list "
+                                                "transforms`), several comma-separated, or "
+                                                "'all' (the 10 that are not identity)")],
     out: Annotated[Path, typer.Option(help="run folder to write (statistics are saved there "
                                            "every minute; re-running an interrupted "
                                            "measurement resumes it)")],
@@ -152,15 +153,16 @@ def invariance(
     tokens: Annotated[str, typer.Option(help="ViT tokens: all, patch or prefix")] = "all",
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """Measure how much each layer changes under a transformation; writes a run folder."""
+    """Measure how much each layer changes under one or several transformations; writes a
+    run folder (one sub-folder per transformation when there are several)."""
     import torch
 
     from viscope import data, models
-    from viscope.invariance import measure as run_measure
     from viscope.io import atomic_write_json, atomic_write_text, environment
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ViscopeError(f"--device {device} but CUDA is not available here; use --device cpu.")
+    families = _families(transform)
     kwargs = _parse_kv(model_arg)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -176,31 +178,94 @@ def invariance(
         "batch_size": batch_size, "seed": seed, "spatial": spatial, "variance": variance,
         "tokens": tokens,
     }
+    options = {"measure": measure, "samples": samples, "params": params, "layers": patterns,
+               "batch_size": batch_size, "device": device, "seed": seed, "spatial": spatial,
+               "variance": variance, "tokens": tokens, "progress": progress}
+    if len(families) == 1:
+        result = _measure_folder(net, ds, out, {**config, "transform": families[0]}, options)
+        df = result.per_layer()
+        cols = [c for c in df.columns if c not in ("units",)]
+        _table(f"{result.measure} per layer · {model} · {families[0]}", cols,
+               [[f"{v:.4g}" if isinstance(v, float) else v for v in row]
+                for row in df[cols].itertuples(index=False)])
+        _console().print(f"Average {result.primary} over layers: {result.average():.4f}")
+        _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, config.yaml, "
+                         f"{result.measure}.png)")
+        return
+    results = []
+    for i, fam in enumerate(families, 1):
+        _console().print(f"[{i}/{len(families)}] {fam}")
+        results.append(_measure_folder(net, ds, out / fam,
+                                       {**config, "transform": fam}, options))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(out / "config.yaml",
+                      yaml.safe_dump({**config, "transform": families}, sort_keys=False))
     atomic_write_json(out / "environment.json", environment())
-    resume = out / "resume.pt"
+    primary, name = results[0].primary, results[0].measure
+    table = _by_transform(results, families)
+    csv = out / f"{primary}_by_transform.csv"
+    atomic_write_text(csv, table.to_csv(index=False))
+    _save_plot(results, out / f"{name}.png", families, model)
+    layers = results[0].layers
+    _table(f"{primary} · {model} · {len(layers)} layers", [
+        "transformation", "average", f"per layer, {layers[0]} → {layers[-1]}"],
+        [[fam, f"{r.average():.3f}", " ".join(f"{v:.2f}" for v in table[fam])]
+         for fam, r in zip(families, results, strict=True)])
+    _console().print(f"Results in {out}/ ({csv.name}, {name}.png, and one folder per "
+                     "transformation)")
+
+
+def _families(transform: str) -> list[str]:
+    """The transformation names of ``--transform`` (``all``: every family but identity)."""
+    from viscope.transforms import create, list_transforms
+
+    names = [t.strip() for t in transform.split(",") if t.strip()]
+    if names == ["all"]:
+        return [t for t in list_transforms() if t != "identity"]
+    if not names:
+        raise ViscopeError("--transform is empty; name a family (see `viscope list "
+                           "transforms`), several comma-separated, or 'all'.")
+    for t in names:
+        create(t)  # an unknown name fails here, before anything is measured
+    return list(dict.fromkeys(names))
+
+
+def _measure_folder(net, ds, out: Path, config: dict, options: dict):
+    """Measure into ``out`` (config, result, plot); a finished measurement of the same
+    config there is loaded instead, an interrupted one resumed from ``out/resume.pt``."""
+    from viscope.invariance import InvarianceResult
+    from viscope.invariance import measure as run_measure
+    from viscope.io import atomic_write_json, atomic_write_text, environment
+
+    cfg_file, resume = out / "config.yaml", out / "resume.pt"
+    done = (out / "result.json").is_file() and cfg_file.is_file() and not resume.is_file()
+    if done and yaml.safe_load(cfg_file.read_text()) == config:
+        _console().print(f"Already measured with these settings in {out} (delete it to "
+                         "measure again)")
+        return InvarianceResult.load(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").unlink(missing_ok=True)  # a result of other settings is stale
+    atomic_write_text(cfg_file, yaml.safe_dump(config, sort_keys=False))
+    atomic_write_json(out / "environment.json", environment())
     if resume.is_file():
         _console().print(f"Resuming the interrupted measurement saved in {resume}")
     try:
-        result = run_measure(net, ds, transform, measure=measure, samples=samples,
-                             params=params, layers=patterns, batch_size=batch_size,
-                             device=device, seed=seed, spatial=spatial, variance=variance,
-                             tokens=tokens, progress=progress, resume=resume)
+        result = run_measure(net, ds, config["transform"], resume=resume, **options)
     except KeyboardInterrupt as e:
         if str(e):
             print(f"Interrupted: {e}", file=sys.stderr)
         raise
     result.save(out)
-    _save_plot(result, out / f"{result.measure}.png")
-    df = result.per_layer()
-    cols = [c for c in df.columns if c not in ("units",)]
-    _table(f"{result.measure} per layer · {model} · {transform}", cols,
-           [[f"{v:.4g}" if isinstance(v, float) else v for v in row]
-            for row in df[cols].itertuples(index=False)])
-    _console().print(f"Average {result.primary} over layers: {result.average():.4f}")
-    _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, config.yaml, "
-                     f"{result.measure}.png)")
+    _save_plot([result], out / f"{result.measure}.png")
+    return result
+
+
+def _by_transform(results, families):
+    """One row per layer: layer, depth and the primary quantity under each family."""
+    table = results[0].per_layer()[["layer", "depth"]].copy()
+    for fam, r in zip(families, results, strict=True):
+        table[fam] = r.per_layer()[r.primary].to_numpy()
+    return table
 
 
 def _config_path(config: str) -> Path:
@@ -343,15 +408,22 @@ def list_methods() -> None:
             for n in METHODS.names()])
 
 
-def _save_plot(result, path: Path) -> None:
+def _save_plot(results, path: Path, labels: list[str] | None = None,
+               model: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from viscope.invariance import plot_results
     from viscope.io import atomic_write
 
-    ax = result.plot()
+    ax = plot_results(results, labels=labels, relative=False)
+    if model is not None:  # several transformations of one model
+        ax.set_title(f"{ax.get_title()}\n{model}, {results[0].meta.get('samples', '?')} "
+                     f"samples × {len(results[0].meta.get('params', [])) or '?'} values each")
+        ax.legend(title="transformation", fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))  # outside: ten lines leave no free corner
     atomic_write(path, lambda p: ax.figure.savefig(p, dpi=120, format="png"))
     plt.close(ax.figure)
 

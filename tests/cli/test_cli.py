@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -129,3 +130,49 @@ def test_train_into_a_folder_of_another_run_says_how_and_overwrites(tmp_path, ca
     assert json.loads((tmp_path / "t" / "train.json").read_text())["config"]["epochs"] == 1
     assert run([*base[:-1], "2", "--overwrite"], capsys)[0] == 0
     assert json.loads((tmp_path / "t" / "train.json").read_text())["config"]["epochs"] == 2
+
+
+def test_several_transformations_one_folder_each_a_joint_table_and_resume(tmp_path, capsys):
+    args = ["invariance", "--model", "test_vit", "--model-arg", "img_size=32", "--samples",
+            "6", "--params", "3", "--no-progress", "--seed", "4"]
+    out = tmp_path / "two"
+    code, _, err = run([*args, "--transform", "rotation, brightness,rotation", "--out",
+                        str(out)], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out / "nv_by_transform.csv")
+    assert list(table.columns) == ["layer", "depth", "rotation", "brightness"]
+    assert (out / "nv.png").exists() and yaml.safe_load(
+        (out / "config.yaml").read_text())["transform"] == ["rotation", "brightness"]
+    # each column is its family's own run, and the same as measuring that family alone
+    code, _, err = run([*args, "--transform", "brightness", "--out", str(tmp_path / "one")],
+                       capsys)
+    assert code == 0, err
+    alone = pd.read_csv(tmp_path / "one" / "per_layer.csv")
+    np.testing.assert_allclose(table["brightness"], alone["nv"], rtol=1e-12)
+    np.testing.assert_allclose(
+        table["rotation"], pd.read_csv(out / "rotation" / "per_layer.csv")["nv"], rtol=1e-12)
+
+    # a re-run loads finished families; other settings measure them again
+    stamp = {f: (out / f / "result.json").stat().st_mtime_ns for f in ("rotation", "brightness")}
+    code, text, _ = run([*args, "--transform", "rotation,brightness", "--out", str(out)],
+                        capsys)
+    assert code == 0 and text.count("Already measured") == 2
+    assert {f: (out / f / "result.json").stat().st_mtime_ns for f in stamp} == stamp
+    code, text, _ = run([*args[:-2], "--seed", "5", "--transform", "rotation,brightness",
+                         "--out", str(out)], capsys)
+    assert code == 0 and "Already measured" not in text
+    assert all((out / f / "result.json").stat().st_mtime_ns != t for f, t in stamp.items())
+
+
+def test_transform_all_and_a_bad_name_in_a_list(tmp_path):
+    from viscope.cli import _families
+    from viscope.transforms import list_transforms
+
+    assert _families("all") == [t for t in list_transforms() if t != "identity"]
+    assert len(_families("all")) == 10
+    cmd = [sys.executable, "-m", "viscope.cli", "invariance", "--model", "test_vit",
+           "--model-arg", "img_size=32", "--samples", "4", "--params", "2",
+           "--transform", "rotation,brightnes", "--out", str(tmp_path / "x")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Did you mean 'brightness'" in proc.stderr
+    assert not (tmp_path / "x").exists()  # refused before anything was measured

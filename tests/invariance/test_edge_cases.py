@@ -170,9 +170,14 @@ def small_result(transform="brightness"):
 
 def test_plot_axes_say_what_is_drawn():
     a, b = small_result(), small_result("contrast")
-    ax = plot_results([a, b], relative=False)
+    ax = plot_results([a, b])  # the same layers: named on the x axis, not relative depth
+    assert ax.get_xlabel() == "layer"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "4"]
+    other = measure(cnn(), images(), "contrast", params=3, samples=8, layers=["0", "1"])
+    ax = plot_results([a, other], relative=False)
     assert ax.get_xlabel() == "layer index"
     assert list(ax.lines[0].get_xdata()) == [0, 1, 2]
+    assert plot_results([a, other]).get_xlabel() == "relative depth of layer (%)"
     ax = a.plot(quantity="sv")
     assert "invariant" not in ax.get_title()  # a large SV is not "less invariant"
     assert ax.get_ylabel().startswith("Sample variance SV")

@@ -151,15 +151,15 @@ def plot_results(results: Sequence[InvarianceResult], labels: Sequence[str] | No
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    if relative is None:
-        relative = len({len(r.layers) for r in results}) > 1 or len(results) > 1
+    if relative is None:  # layer names when all share them, else relative depth
+        relative = any(r.layers != results[0].layers for r in results)
     q = quantity or results[0].primary
     for i, r in enumerate(results):
         df = r.per_layer()
         x = df["depth"] * 100 if relative else np.arange(len(df))
         lab = labels[i] if labels else r.label()
         ax.plot(x, df[q], marker="o", label=lab)
-    if not relative and len(results) == 1:
+    if not relative and all(r.layers == results[0].layers for r in results):
         names = results[0].layers
         step = max(1, len(names) // 16)
         ax.set_xticks(np.arange(len(names))[::step], names[::step], rotation=45, ha="right",
