@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -165,3 +166,28 @@ def test_a_layer_named_twice_is_streamed_once_per_forward():
     with torch.no_grad(), Tap(net, ["0", "0"], callback=lambda n, a: seen.append(a)):
         net(torch.rand(2, 3))
     assert len(seen) == 1
+
+
+def test_vit_attention_maps_have_no_spatial_axes():
+    # (B, heads, N, N) attention weights are token x token, not an image: no spatial
+    # averaging, and a geometric inverse would warp them meaninglessly.
+    from viscope import models as vm
+    from viscope.invariance import measure
+
+    net = vm.create("test_vit", img_size=32).eval()
+    for m in net.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    images = torch.rand(2, 3, 32, 32)
+    _, recs = capture(net, images, ["blocks.0.attn.attn_drop", "patch_embed.proj"])
+    assert recs["blocks.0.attn.attn_drop"].layout == "other"
+    assert recs["blocks.0.attn.attn_drop"].unit_shape == (2, 5, 5)  # heads, N, N
+    assert recs["patch_embed.proj"].layout == "chw"
+    data = torch.utils.data.TensorDataset(torch.rand(6, 3, 32, 32), torch.zeros(6))
+    layer = ["blocks.0.attn.attn_drop"]
+    plain = measure(net, data, "rotation", samples=6, params=3, layers=layer)
+    spatial = measure(net, data, "rotation", samples=6, params=3, layers=layer, spatial=True)
+    np.testing.assert_array_equal(plain.per_unit(layer[0]), spatial.per_unit(layer[0]))
+    assert plain.per_unit(layer[0]).shape == (2, 5, 5)
+    with pytest.raises(ViscopeError, match="nv_se"):
+        measure(net, data, "rotation", samples=6, params=3, layers=layer, measure="nv_se")

@@ -19,7 +19,11 @@ _CHANNELS_FIRST = (
 
 
 def layout_4d(net: nn.Module, name: str, t: torch.Tensor) -> str:
-    """``"hwc"`` or ``"chw"`` for module ``name``'s 4-D output ``t``, decided per module.
+    """``"hwc"``, ``"chw"`` or ``"other"`` for module ``name``'s 4-D output ``t``.
+
+    ``"other"`` is an attention map (B, heads, N, N) inside a module with ``num_heads``
+    (timm's ``attn.attn_drop``, ...): its last two axes are tokens, not an image, so it
+    has no spatial axes to average and no geometry to map back.
 
     In order: what the module says itself (a ``Permute``'s ``dims``, timm's
     ``output_fmt``, a convolution / BatchNorm / pool is channels-first, a ``Linear`` /
@@ -31,6 +35,8 @@ def layout_4d(net: nn.Module, name: str, t: torch.Tensor) -> str:
     inner LayerNorm / MLP are (B, H, W, C) while its blocks are (B, C, H, W).
     """
     modules = dict(net.named_modules())
+    if _attention_map(modules, name, t):
+        return "other"
     layout, widths = _inside(modules[name])
     if layout is None and name:
         layout, widths = _upstream(modules, name)
@@ -39,6 +45,20 @@ def layout_4d(net: nn.Module, name: str, t: torch.Tensor) -> str:
         if None in widths or width in widths:
             return layout
     return "hwc" if _net_channels_last(net) else "chw"
+
+
+def _attention_map(modules: dict[str, nn.Module], name: str, t: torch.Tensor) -> bool:
+    """Whether ``t`` is (B, heads, N, N) from inside (or at) an attention module (a
+    class named ``*Attention*`` with an integer ``num_heads``)."""
+    if t.shape[-1] != t.shape[-2]:
+        return False
+    parts = name.split(".") if name else []
+    for i in range(len(parts), -1, -1):
+        module = modules[".".join(parts[:i])]
+        heads = getattr(module, "num_heads", None)
+        if isinstance(heads, int) and "attention" in type(module).__name__.lower():
+            return heads == t.shape[1]
+    return False
 
 
 def _own(module: nn.Module) -> tuple[str, int | None] | None:
