@@ -191,3 +191,16 @@ def test_vit_attention_maps_have_no_spatial_axes():
     assert plain.per_unit(layer[0]).shape == (2, 5, 5)
     with pytest.raises(ViscopeError, match="nv_se"):
         measure(net, data, "rotation", samples=6, params=3, layers=layer, measure="nv_se")
+
+
+def test_data_parallel_over_several_devices_is_refused_one_device_is_fine():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    images = torch.rand(2, 3, 8, 8)
+    one = nn.DataParallel(net)  # no GPU: no device ids, a plain call
+    acts, _ = capture(one, images, ["0"])
+    torch.testing.assert_close(acts["0"], net[0](images))
+    many = nn.DataParallel(net)
+    many.device_ids = [0, 1]  # as on a two-GPU machine; refused before any forward
+    with pytest.raises(ViscopeError, match="torchrun"):
+        Tap(many, ["0"])
+    assert not net[0]._forward_hooks

@@ -109,6 +109,14 @@ class Tap:
     ) -> None:
         if tokens not in TOKEN_POLICIES:
             raise ViscopeError(f"tokens must be one of {TOKEN_POLICIES}; got {tokens!r}.")
+        for m in model.modules():
+            if isinstance(m, nn.DataParallel) and len(m.device_ids or []) > 1:
+                raise ViscopeError(
+                    f"Expected a model on one device; got DataParallel over devices "
+                    f"{m.device_ids}, whose replicas would feed the tap parts of a batch "
+                    "from several threads. Pass model.module (one GPU), or shard the "
+                    "samples over processes with torchrun (one GPU each)."
+                )
         self.model = model
         self.net = _net(model)
         self.callback = callback
