@@ -49,3 +49,31 @@ def shapes_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]
     model.eval()
     model.zero_grad(set_to_none=True)
     return model, images[N_TRAIN:], labels[N_TRAIN:], masks[N_TRAIN:]
+
+
+def vit_attentions(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Each block's attention weights (B, heads, n, n) of a timm ViT, read by hooks
+    outside viscope (fused attention switched off for the pass, then restored)."""
+    from viscope.models import unwrap
+
+    net = unwrap(model)
+    attns: list[torch.Tensor] = []
+    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: attns.append(o.clone()))
+             for b in net.blocks]
+    fused = [b.attn.fused_attn for b in net.blocks]
+    try:
+        for b in net.blocks:
+            b.attn.fused_attn = False
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h, b, f in zip(hooks, net.blocks, fused, strict=True):
+            h.remove()
+            b.attn.fused_attn = f
+    return attns
+
+
+@pytest.fixture
+def attentions():
+    """:func:`vit_attentions`, for tests that compare against the raw attention weights."""
+    return vit_attentions

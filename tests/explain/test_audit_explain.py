@@ -153,25 +153,13 @@ def test_smoothgrad_equals_captum_for_one_image(resnet) -> None:
                                     {"reg_tokens": 2, "class_token": False,
                                      "global_pool": "avg"}])
 @pytest.mark.parametrize("head_fusion", ["mean", "max"])
-def test_rollout_equals_a_direct_computation(kwargs, head_fusion) -> None:
+def test_rollout_equals_a_direct_computation(kwargs, head_fusion, attentions) -> None:
     model = M.create("vit_tiny_patch16_224", img_size=(32, 48), patch_size=8, num_classes=3,
                      depth=3, **kwargs).eval()
     net = M.unwrap(model)
     images = torch.rand(2, 3, 32, 48)
     ours = E.attention_rollout(model, images, head_fusion=head_fusion)
-    attns: list[torch.Tensor] = []
-    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: attns.append(o.clone()))
-             for b in net.blocks]
-    fused = [b.attn.fused_attn for b in net.blocks]
-    try:
-        for b in net.blocks:
-            b.attn.fused_attn = False
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h, b, f in zip(hooks, net.blocks, fused, strict=True):
-            h.remove()
-            b.attn.fused_attn = f
+    attns = attentions(model, images)
     n, p = attns[0].shape[-1], net.num_prefix_tokens
     roll = torch.eye(n).repeat(2, 1, 1)
     for a in attns:

@@ -19,25 +19,6 @@ def _vit(**kwargs) -> nn.Module:
                     **kwargs).eval()
 
 
-def _attentions(model: nn.Module, images: torch.Tensor) -> list[np.ndarray]:
-    """Each block's attention weights (B, heads, n, n), read by hooks outside viscope."""
-    net = M.unwrap(model)
-    attns: list[np.ndarray] = []
-    hooks = [b.attn.attn_drop.register_forward_hook(
-        lambda m, i, o: attns.append(o.double().numpy().copy())) for b in net.blocks]
-    fused = [b.attn.fused_attn for b in net.blocks]
-    try:
-        for b in net.blocks:
-            b.attn.fused_attn = False
-        with torch.no_grad():
-            model(images)
-    finally:
-        for h, b, f in zip(hooks, net.blocks, fused, strict=True):
-            h.remove()
-            b.attn.fused_attn = f
-    return attns
-
-
 def _reference(attns, prefix, has_cls, head_fusion, discard_ratio, residual=0.5):
     """One image at a time, one entry at a time; returns the maps and how often (0, 0)
     was among the smallest entries (and so spared)."""
@@ -66,13 +47,15 @@ def _reference(attns, prefix, has_cls, head_fusion, discard_ratio, residual=0.5)
     ({}, "mean", 0.0), ({}, "mean", 0.5), ({}, "max", 0.9), ({}, "min", 0.3),
     ({"reg_tokens": 2, "class_token": False, "global_pool": "avg"}, "mean", 0.9),
 ])
-def test_discard_ratio_equals_a_per_image_loop(kwargs, head_fusion, discard_ratio) -> None:
+def test_discard_ratio_equals_a_per_image_loop(kwargs, head_fusion, discard_ratio,
+                                               attentions) -> None:
     model = _vit(**kwargs)
     net = M.unwrap(model)
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     ours = E.attention_rollout(model, images, head_fusion=head_fusion,
                                discard_ratio=discard_ratio)
-    ref, spared = _reference(_attentions(model, images), net.num_prefix_tokens,
+    attns = [a.double().numpy() for a in attentions(model, images)]
+    ref, spared = _reference(attns, net.num_prefix_tokens,
                              net.cls_token is not None, head_fusion, discard_ratio)
     assert ours.shape == (3, 4, 4)
     np.testing.assert_allclose(ours.flatten(1).double().numpy(), ref, rtol=1e-4, atol=1e-6)
