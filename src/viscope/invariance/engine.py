@@ -10,6 +10,7 @@ after a measured layer cannot corrupt it.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -131,7 +132,9 @@ def measure(
         An :class:`InvarianceResult` (``.per_layer()``, ``.per_unit(layer)``, ``.plot()``).
 
     Raises:
-        ViscopeError: unknown names, layer patterns that match nothing, bad shapes.
+        ViscopeError: unknown names, layer patterns that match nothing, bad shapes,
+            ``samples`` < 2, ``params`` < 2 (every measure is a spread over
+            transformations), ``batch_size`` < 1, or a model that fails on the images.
 
     Under ``torch.distributed`` (e.g. ``torchrun``), each process measures a shard of the
     samples and the states are merged, giving the same numbers as one process.
@@ -139,13 +142,18 @@ def measure(
     from viscope import data as vdata
     from viscope import models as vmodels
 
+    # cheap checks first: loading a model or a dataset can take minutes
+    samples = _check_int("samples", samples, 2, "a spread over samples needs two", 256)
+    params = _check_int("params", params, None, "the number of transformation values", 16)
+    batch_size = _check_int("batch_size", batch_size, 1, "images per forward pass", 256)
+    spec = MEASURES.get(measure)
+    if isinstance(transform, (list, tuple)):
+        params = len(transform)  # a list of callables defines its own grid
+    _check_min_params(spec, params, isinstance(transform, (list, tuple)))
     if isinstance(model, str):
         model = vmodels.create(model)
     if isinstance(dataset, str):
         dataset = vdata.create(dataset)
-    spec = MEASURES.get(measure)
-    if isinstance(transform, (list, tuple)):
-        params = len(transform)  # a list of callables defines its own grid
     family = resolve_transform(transform, **(transform_kwargs or {}))
     if spec.equivariant and not getattr(family, "geometric", False):
         raise ViscopeError(
@@ -153,8 +161,6 @@ def measure(
             f"it needs a geometric family (scale, perspective, rotation, translation); got "
             f"{getattr(family, 'name', family)!r}. Use measure='nv'."
         )
-    if samples < 2:
-        raise ViscopeError(f"Expected samples >= 2 (a spread over samples); got {samples}.")
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
@@ -165,11 +171,7 @@ def measure(
     # sync and moves them itself
     grid = family.grid(params)
     m = grid.shape[0]
-    if m < spec.state.min_params:
-        raise ViscopeError(
-            f"Measure {spec.name!r} needs at least {spec.state.min_params} parameter values; "
-            f"got params={m}. Pass params={spec.state.min_params} or more."
-        )
+    _check_min_params(spec, m, isinstance(transform, (list, tuple)))
     names = vmodels.select_layers(model, layers)
 
     n = min(samples, len(dataset))
@@ -293,10 +295,54 @@ def _model_name(model: nn.Module) -> str:
     return spec.name if spec is not None else type(unwrap(model)).__name__
 
 
+def _check_int(name: str, value: Any, low: int | None, what: str, example: int) -> int:
+    """``value`` as a Python int (NumPy integers are fine), or a ViscopeError."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (low is not None and value < low)):
+        kind = "an int" if low is None else f"an int >= {low}"
+        raise ViscopeError(
+            f"Expected {name} to be {kind} ({what}); got {value!r}. Pass e.g. "
+            f"{name}={example}."
+        )
+    return int(value)
+
+
+def _check_min_params(spec, m: int, callables: bool) -> None:
+    """Every measure is a spread over transformations, undefined for fewer than
+    ``spec.state.min_params`` of them (one value would read as perfect invariance)."""
+    need = spec.state.min_params
+    if m >= need:
+        return
+    if callables:
+        raise ViscopeError(
+            f"Measure {spec.name!r} needs at least {need} parameter values; got a list of "
+            f"{m} callable(s). Pass a list of {need} or more transformations."
+        )
+    raise ViscopeError(
+        f"Measure {spec.name!r} needs at least {need} parameter values; "
+        f"got params={m}. Pass params={need} or more."
+    )
+
+
 def _probe(model, family, grid, probe, names, tokens):
+    """One forward pass on one transformed image: which layers run, and their layouts.
+    A model that cannot take the images fails here, with a message that says so."""
     params = grid[:1].repeat(probe.shape[0], *([1] * (grid.ndim - 1)))
     with torch.no_grad():
-        _, records = capture(model, family.apply(probe, params), names, tokens=tokens)
+        x = family.apply(probe, params)
+    try:
+        _, records = capture(model, x, names, tokens=tokens)
+    except ViscopeError:
+        raise  # already says what to do (e.g. from the tap)
+    except torch.cuda.OutOfMemoryError:
+        raise  # a RuntimeError too, but not the images' fault
+    except (AssertionError, RuntimeError) as err:
+        inner = " ".join(str(err).split()) or type(err).__name__
+        raise ViscopeError(
+            f"The model failed on a batch of images of shape {tuple(x.shape)}: {inner}. "
+            f"Check that the image size suits the model (e.g. --image-size / img_size=...) "
+            f"and that it takes {x.shape[1]}-channel images."
+        ) from err
     return records
 
 

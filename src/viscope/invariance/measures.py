@@ -61,8 +61,9 @@ class LayerState(ABC):
     #: attributes that :meth:`end_stage` derives from the merged state (e.g. thresholds)
     #: and that every shard needs for the next stage.
     derived: ClassVar[tuple[str, ...]] = ()
-    #: the fewest parameter values (transformations) the measure is defined for.
-    min_params: ClassVar[int] = 1
+    #: the fewest parameter values (transformations) the measure is defined for: a spread
+    #: over one value is 0, which would read as perfect invariance.
+    min_params: ClassVar[int] = 2
     #: the fewest samples :meth:`update` needs in one block of rows.
     min_rows: ClassVar[int] = 1
 
@@ -163,8 +164,6 @@ class Anova(LayerState):
     stricter — tmeasures divides the *confidence* instead, which makes it laxer). The
     layer value is the fraction of units that vary with the transformation.
     """
-
-    min_params = 2  # one group has no between-group spread
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -136,6 +136,16 @@ QUANTITY_LABELS = {
 }
 
 
+def _start_at_zero(ax) -> None:
+    """Start a non-negative y axis at 0: zoomed to the data (0.677-0.680, say), a 0.5 %
+    difference would fill the plot. The top keeps matplotlib's margin above the data."""
+    low, high = ax.dataLim.y0, ax.dataLim.y1  # every line on the axes, NaNs left out
+    if ax.get_yscale() != "linear" or not np.isfinite([low, high]).all() or low < 0:
+        return
+    top = max(ax.get_ylim()[1], high * (1 + ax.margins()[1]))
+    ax.set_ylim(0, top)
+
+
 def plot_results(results: Sequence[InvarianceResult], labels: Sequence[str] | None = None,
                  quantity: str | None = None, ax=None, relative: bool | None = None):
     """Plot several results on one axis; with different layer counts (two models) the
@@ -159,6 +169,7 @@ def plot_results(results: Sequence[InvarianceResult], labels: Sequence[str] | No
         x = df["depth"] * 100 if relative else np.arange(len(df))
         lab = labels[i] if labels else r.label()
         ax.plot(x, df[q], marker="o", label=lab)
+    _start_at_zero(ax)
     if not relative and all(r.layers == results[0].layers for r in results):
         names = results[0].layers
         step = max(1, len(names) // 16)
