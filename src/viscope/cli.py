@@ -45,15 +45,18 @@ ModelArg = Annotated[
 def _console():
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if not console.is_terminal:  # piped or logged: no wrapping at rich's default 80 columns
+        console = Console(width=160, soft_wrap=True)
+    return console
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]):
     from rich.table import Table
 
     t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
+    for i, c in enumerate(columns):  # the first column holds names to copy: never cut
+        t.add_column(c, no_wrap=i == 0, overflow="fold")
     for r in rows:
         t.add_row(*[str(x) for x in r])
     _console().print(t)
@@ -152,6 +155,10 @@ def invariance(
     variance: Annotated[bool, typer.Option(help="means of variances, not of stds")] = False,
     tokens: Annotated[str, typer.Option(help="ViT tokens: all, patch or prefix")] = "all",
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
+                                                    "or CSV dataset (with one warning)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a measurement with other settings "
+                                                 "found in --out")] = False,
 ) -> None:
     """Measure how much each layer changes under one or several transformations; writes a
     run folder (one sub-folder per transformation when there are several)."""
@@ -169,7 +176,8 @@ def invariance(
     with torch.random.fork_rng(devices=[]):  # random-init weights follow --seed
         torch.manual_seed(seed)
         net = models.create(model, **kwargs)
-    ds = data.create(dataset, size=image_size)
+    ds = data.create(dataset, size=image_size, **({"skip_corrupt": True} if skip_corrupt
+                                                   else {}))
     patterns = [p.strip() for p in layers.split(",")] if layers else None
     config = {
         "command": "invariance", "model": model, "model_args": kwargs, "dataset": dataset,
@@ -180,7 +188,8 @@ def invariance(
     }
     options = {"measure": measure, "samples": samples, "params": params, "layers": patterns,
                "batch_size": batch_size, "device": device, "seed": seed, "spatial": spatial,
-               "variance": variance, "tokens": tokens, "progress": progress}
+               "variance": variance, "tokens": tokens, "progress": progress,
+               "overwrite": overwrite}
     if len(families) == 1:
         result = _measure_folder(net, ds, out, {**config, "transform": families[0]}, options)
         df = result.per_layer()
@@ -189,8 +198,8 @@ def invariance(
                [[f"{v:.4g}" if isinstance(v, float) else v for v in row]
                 for row in df[cols].itertuples(index=False)])
         _console().print(f"Average {result.primary} over layers: {result.average():.4f}")
-        _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, config.yaml, "
-                         f"{result.measure}.png)")
+        _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, result.json, "
+                         f"config.yaml, environment.json, {result.measure}.png)")
         return
     results = []
     for i, fam in enumerate(families, 1):
@@ -230,21 +239,40 @@ def _families(transform: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: settings of `viscope invariance` that change how fast, not what is measured
+_HARDWARE = ("device", "batch_size")
+
+
 def _measure_folder(net, ds, out: Path, config: dict, options: dict):
     """Measure into ``out`` (config, result, plot); a finished measurement of the same
-    config there is loaded instead, an interrupted one resumed from ``out/resume.pt``."""
+    settings there is loaded instead, an interrupted one resumed from ``out/resume.pt``;
+    one of other settings is refused unless ``options["overwrite"]``."""
     from viscope.invariance import InvarianceResult
     from viscope.invariance import measure as run_measure
     from viscope.io import atomic_write_json, atomic_write_text, environment
+    from viscope.train.run import config_diff
 
+    options = dict(options)
+    overwrite = options.pop("overwrite", False)
     cfg_file, resume = out / "config.yaml", out / "resume.pt"
-    done = (out / "result.json").is_file() and cfg_file.is_file() and not resume.is_file()
-    if done and yaml.safe_load(cfg_file.read_text()) == config:
-        _console().print(f"Already measured with these settings in {out} (delete it to "
-                         "measure again)")
-        return InvarianceResult.load(out)
+    stored = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
+    if stored is not None:
+        diff = config_diff({k: v for k, v in stored.items() if k not in _HARDWARE},
+                           {k: v for k, v in config.items() if k not in _HARDWARE})
+        if diff and not overwrite:
+            raise ViscopeError(
+                f"Expected {out} to hold a measurement with the same settings; it holds one "
+                f"that differs in: {'; '.join(diff[:6])}. Use another --out, or pass "
+                "--overwrite to replace it."
+            )
+        if overwrite:  # what was measured before goes
+            for name in ("result.json", "per_unit.npz", "per_layer.csv", "resume.pt"):
+                (out / name).unlink(missing_ok=True)
+        elif (out / "result.json").is_file() and not resume.is_file():
+            _console().print(f"Already measured with these settings in {out} (pass "
+                             "--overwrite to measure again)")
+            return InvarianceResult.load(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)  # a result of other settings is stale
     atomic_write_text(cfg_file, yaml.safe_dump(config, sort_keys=False))
     atomic_write_json(out / "environment.json", environment())
     if resume.is_file():
@@ -332,8 +360,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     set_: Overrides = None,
 ) -> None:
-    """The main job on built-in data: the 11 × 11 invariance matrix of two tiny models
-    (a few minutes on a laptop CPU). Re-running resumes and skips finished cells."""
+    """The main job on built-in data: the train × eval invariance matrix of two tiny
+    models (11 training families × 10 evaluation families; a few minutes on a laptop CPU).
+    Re-running resumes and skips finished cells."""
     _run_matrix("matrix-demo", out, _parse_kv(set_, "--set"), progress=False)
 
 
@@ -357,12 +386,15 @@ def train(
     model_arg: ModelArg = None,
     overwrite: Annotated[bool, typer.Option(help="delete a run of another configuration in "
                                                  "--out and train again")] = False,
+    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
+                                                    "or CSV dataset (with one warning)")] = False,
 ) -> None:
     """Train a classifier with an augmentation family; best checkpoint on validation."""
     from viscope import data, models
     from viscope.train import fit
 
-    splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0)
+    extra = {"skip_corrupt": True} if skip_corrupt else {}
+    splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0, **extra)
               for s in ("train", "val", "test")}
     net = models.create(model, num_classes=len(splits["train"].classes), **_parse_kv(model_arg))
     res = fit(net, splits, augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -428,8 +460,21 @@ def _save_plot(results, path: Path, labels: list[str] | None = None,
     plt.close(ax.figure)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _usage_error(e: BaseException) -> bool:
+    """A click usage error (click's own or the copy typer >= 0.20 vendors): it can show
+    itself and carries an exit code."""
+    return callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # no source path and line on the console
     try:
         code = app(args=argv, standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into this return value
@@ -439,18 +484,18 @@ def main(argv: list[str] | None = None) -> None:
     except ViscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except FileNotFoundError as e:
-        print(f"error: {e}. Check the path.", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
+        print(f"error: {e}. Check the path (an --out folder must be a folder you can write).",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
     except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):  # click wraps Ctrl-C in Abort
+        if _usage_error(e):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if type(e).__name__ == "Abort":  # click wraps Ctrl-C in Abort
             if isinstance(e.__cause__, KeyboardInterrupt):
                 _interrupted()
             sys.exit(1)

@@ -152,14 +152,22 @@ def test_several_transformations_one_folder_each_a_joint_table_and_resume(tmp_pa
     np.testing.assert_allclose(
         table["rotation"], pd.read_csv(out / "rotation" / "per_layer.csv")["nv"], rtol=1e-12)
 
-    # a re-run loads finished families; other settings measure them again
+    # a re-run loads finished families
     stamp = {f: (out / f / "result.json").stat().st_mtime_ns for f in ("rotation", "brightness")}
     code, text, _ = run([*args, "--transform", "rotation,brightness", "--out", str(out)],
                         capsys)
     assert code == 0 and text.count("Already measured") == 2
     assert {f: (out / f / "result.json").stat().st_mtime_ns for f in stamp} == stamp
-    code, text, _ = run([*args[:-2], "--seed", "5", "--transform", "rotation,brightness",
-                         "--out", str(out)], capsys)
+    # another device or batch size is the same measurement
+    code, text, _ = run([*args, "--batch-size", "17", "--transform", "rotation", "--out",
+                         str(out / "rotation")], capsys)
+    assert code == 0 and text.count("Already measured") == 1
+    # other settings are refused (nothing lost), and replaced with --overwrite
+    other = [*args[:-2], "--seed", "5", "--transform", "rotation,brightness", "--out", str(out)]
+    code, text, err = run(other, capsys)
+    assert code == 2 and "seed: 4 -> 5" in err and "--overwrite" in err
+    assert {f: (out / f / "result.json").stat().st_mtime_ns for f in stamp} == stamp
+    code, text, _ = run([*other, "--overwrite"], capsys)
     assert code == 0 and "Already measured" not in text
     assert all((out / f / "result.json").stat().st_mtime_ns != t for f, t in stamp.items())
 
@@ -176,3 +184,27 @@ def test_transform_all_and_a_bad_name_in_a_list(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Did you mean 'brightness'" in proc.stderr
     assert not (tmp_path / "x").exists()  # refused before anything was measured
+
+
+@pytest.mark.parametrize("args,message", [
+    (["invarance"], "Did you mean 'invariance'"),
+    (["list", "transfroms"], "Did you mean 'transforms'"),
+    (["invariance", "--modle", "x"], "No such option"),
+    (["invariance", "--model", "test_vit"], "Missing option '--transform'"),
+    (["invariance", "--model", "test_vit", "--transform", "rotation", "--out", "x",
+      "--samples", "abc"], "Invalid value for '--samples'"),
+])
+def test_usage_mistakes_give_a_short_message_and_exit_2(args, message, capsys):
+    # typer >= 0.20 raises its own copies of click's exceptions: all must read as usage
+    # errors (an exception escaping main() would fail this test with its traceback)
+    code, _, err = run(args, capsys)
+    assert code == 2 and message in err
+
+
+def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run(["invariance", "--model", "test_vit", "--model-arg", "img_size=32",
+                        "--samples", "4", "--params", "2", "--transform", "rotation",
+                        "--no-progress", "--out", str(tmp_path / "f")], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Check the path" in lines[0]
