@@ -131,6 +131,21 @@ def scorecam_memory(args: argparse.Namespace) -> None:
           f"{args.scorecam_batches}: {'flat' if flat else 'GROWS with the batch'}")
 
 
+def check_device(name: str) -> torch.device:
+    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
+                 "or use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
+                 "device(s); use --device cuda or cuda:N with a smaller N")
+    return device
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -143,6 +158,7 @@ def main() -> None:
     p.add_argument("--skip-scorecam", action="store_true")
     p.add_argument("--_child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
+    check_device(args.device)
     if args._child:
         _peak_child(args._child, args.image_size, args.device)
         return

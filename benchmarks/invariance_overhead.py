@@ -20,6 +20,7 @@ and no tool that must run the forward passes once can be faster than it by more.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -124,6 +125,21 @@ def time_tmeasures(net, family, grid, images, layers, batch):
     return time.perf_counter() - t
 
 
+def check_device(name: str) -> torch.device:
+    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
+                 "or use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
+                 "device(s); use --device cuda or cuda:N with a smaller N")
+    return device
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -136,7 +152,7 @@ def main() -> None:
     ap.add_argument("--no-tmeasures", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = check_device(args.device)
     torch.manual_seed(0)
     family = transforms.create(args.transform)
     grid = family.grid(args.params)  # on the CPU, as the engine passes it (no device sync)

@@ -10,7 +10,8 @@ scores, so the difference between them is the estimator alone. Then CB-RISE (def
 chunk 250, tol 1e-3, fraction 0.9) runs with each estimator and is compared with the
 8000-mask reference.
 
-Prints a table and writes ``rise_convergence.png`` (``--out``).
+Prints a table and writes the figure to ``docs/rise_convergence.png`` in the repository,
+the one the README shows (``--out`` writes it elsewhere).
 
     python benchmarks/rise_convergence.py             # ~4 min on 2 CPU cores
 """
@@ -18,6 +19,7 @@ Prints a table and writes ``rise_convergence.png`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,8 @@ from viscope.train import fit
 
 COUNTS = (250, 500, 1000, 2000, 4000, 8000)
 ESTIMATORS = ("plain", "centred")
+# Found from this file, not the working directory, so a run never litters the repository root.
+FIGURE = Path(__file__).resolve().parent.parent / "docs" / "rise_convergence.png"
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,13 +63,27 @@ def maps_at_counts(model, images, target, seed, cells, batch_size):
     return out
 
 
+def check_figure_path(out: Path) -> None:
+    """Exit with one line now, not after minutes of work, if ``out`` cannot be a figure."""
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        sys.exit(f"--out {out} has no figure suffix matplotlib writes; give a name ending in "
+                 f"one of: {', '.join('.' + f for f in sorted(formats))}")
+    if out.exists() and out.is_dir():
+        sys.exit(f"--out {out} is a folder; give a file name such as {out / FIGURE.name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--cells", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--out", default="rise_convergence.png")
+    ap.add_argument("--out", type=Path, default=FIGURE,
+                    help="where to write the figure (default: docs/rise_convergence.png)")
     args = ap.parse_args()
+    check_figure_path(args.out)
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
@@ -140,7 +158,7 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=130)
     print(f"\nfigure: {args.out}")
 

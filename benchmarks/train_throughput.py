@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -163,6 +164,21 @@ def viscope_fit(
     return timer.epochs
 
 
+def check_device(name: str) -> torch.device:
+    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
+                 "or use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
+                 "device(s); use --device cuda or cuda:N with a smaller N")
+    return device
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="test_vit,test_resnet")
@@ -175,10 +191,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args()
+    device = check_device(args.device)
+    if args.epochs < 2:
+        sys.exit(f"--epochs must be at least 2 (the first is an untimed warm-up); got "
+                 f"{args.epochs}. Use --epochs 2 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="lightning")
-    device = torch.device(args.device)
 
     # Split n / 0.7 items so that the train split holds about n images.
     total = round(args.n / 0.7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -12,14 +13,52 @@ from pathlib import Path
 from typing import Any
 
 
+def temp_file_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """Create a new, empty hidden file next to ``path``; return its open descriptor and path.
+
+    :func:`tempfile.mkstemp` always creates mode 0600, which the final ``os.replace`` would
+    carry over to ``path``. Here the file is created like ``open(path, "w")`` does: mode
+    0666 and the kernel removes the process umask (0644 under the usual umask 022). The
+    umask is thus never read or changed, which would race with other threads.
+
+    Args:
+        path: the file that the temporary file will replace; its folder must exist.
+        suffix: the end of the temporary file's name.
+
+    Returns:
+        ``(fd, tmp)``: a descriptor open for reading and writing, and the file's path.
+
+    Raises:
+        FileExistsError: no free name was found (only if the folder is full of them).
+
+    Example:
+        >>> import tempfile
+        >>> fd, tmp = temp_file_beside(Path(tempfile.mkdtemp()) / "out.json")
+        >>> os.close(fd)
+        >>> tmp.name.startswith(".out.json.") and tmp.suffix == ".tmp"
+        True
+    """
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(tempfile.TMP_MAX):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` via ``write(tmp)`` to a temporary file in the same folder, then rename.
 
-    A crash mid-write leaves the old file (or none), never a truncated one.
+    A crash mid-write leaves the old file (or none), never a truncated one. The file gets
+    the mode ``open(path, "w")`` gives a new file (``0o666 & ~umask``), see
+    :func:`temp_file_beside`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         write(Path(tmp))

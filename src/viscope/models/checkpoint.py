@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from viscope.errors import ViscopeError
+from viscope.io import temp_file_beside
 from viscope.models.wrapper import spec_of, unwrap
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar", ".safetensors")
@@ -69,7 +69,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any)
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # not mkstemp: its mode 0600 would stick to the file
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
