@@ -126,7 +126,8 @@ def test_corrupt_image_raises_naming_the_file(table: Path, garbage: bytes) -> No
     (table.parent / "img" / "b.png").write_bytes(garbage)
     ds = CSVDataset(table, size=8)
     assert ds[0][0].shape == (3, 8, 8)
-    with pytest.raises(ViscopeError, match=r"img/b\.png.*skip_corrupt=True"):
+    hint = r"skip_corrupt=True \(--skip-corrupt on the command line\)"
+    with pytest.raises(ViscopeError, match=r"img/b\.png.*" + hint):
         ds[1]
 
 

@@ -47,7 +47,8 @@ def test_corrupt_file_raises_naming_the_file(corrupt_folder: Path) -> None:
     ds = ImageFolder(corrupt_folder, size=8)  # files are only read on access by default
     bad = [i for i, (p, _) in enumerate(ds.samples) if p.name == "bad.png"]
     assert len(ds) == 6 and len(bad) == 1
-    with pytest.raises(ViscopeError, match=r"bad\.png.*skip_corrupt=True"):
+    hint = r"skip_corrupt=True \(--skip-corrupt on the command line\)"
+    with pytest.raises(ViscopeError, match=r"bad\.png.*" + hint):
         ds[bad[0]]
     with pytest.raises(ViscopeError, match=r"bad\.png"):
         ImageFolder(corrupt_folder, size=None)  # reading sizes touches every file

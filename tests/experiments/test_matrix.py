@@ -77,6 +77,25 @@ def test_config_errors_are_clear(tmp_path):
         tiny_config(epoch=3)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochz": 2}, "Config error at 'epochz': the config has no key 'epochz'. Did you mean "
+                        "'epochs'? Known keys: name, models, "),
+        ({"batchsize": 8}, "Did you mean 'batch_size' or "),
+        ({"models.0.lrr": 0.1}, "Config error at 'models.0.lrr': a model entry has no key "
+                                "'lrr'. Did you mean 'lr'? Known keys: name, args, label, "
+                                "epochs, lr. Fix the YAML or the override."),
+        ({"models.1.epoch": 3}, "Did you mean 'epochs'?"),
+    ],
+)
+def test_unknown_keys_suggest_the_key_meant(overrides, message):
+    with pytest.raises(ViscopeError) as err:
+        load_config(_demo(), overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_shipped_configs_load():
     from pathlib import Path
 

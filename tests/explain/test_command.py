@@ -12,8 +12,8 @@ import yaml
 
 from viscope import data, models
 from viscope.errors import ViscopeError
-from viscope.explain import attribute
-from viscope.explain.command import explain_command
+from viscope.explain import attribute, command
+from viscope.explain.command import MAX_OVERLAYS, explain_command
 
 
 def test_explain_command_from_checkpoint(tmp_path, capsys):
@@ -62,6 +62,35 @@ def test_explain_command_from_checkpoint(tmp_path, capsys):
             for s in (slice(0, 3), slice(3, 4))
         ])
     np.testing.assert_allclose(saved["layercam"], expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("samples", [MAX_OVERLAYS + 2, 3])
+def test_overlay_title_says_how_many_of_the_images_it_shows(tmp_path, monkeypatch, samples):
+    figures, draw = [], command.overlay_grid
+
+    def keep(*args, **kwargs):
+        figures.append(draw(*args, **kwargs))
+        return figures[-1]
+
+    monkeypatch.setattr(command, "overlay_grid", keep)
+    # The metrics are not what is tested here, and deletion/insertion AUC are the slow part.
+    monkeypatch.setattr(command, "_metrics", lambda net, images, *a: {
+        "deletion_auc": torch.zeros(len(images))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # all-zero maps of a random model
+        explain_command("test_efficientnet", "shapes", ["gradcam"], samples, tmp_path,
+                        batch_size=samples)
+    (fig,) = figures
+    title = fig._suptitle.get_text()
+    assert title.startswith("test_efficientnet on shapes (test split)")
+    shown = min(samples, MAX_OVERLAYS)
+    assert len(np.load(tmp_path / "maps.npz")["gradcam"]) == samples
+    assert sum(ax.get_title() == "image" for ax in fig.axes) == 1
+    assert sum(bool(ax.get_ylabel().startswith("#")) for ax in fig.axes) == shown
+    if samples > MAX_OVERLAYS:
+        assert title.endswith(f"(first {MAX_OVERLAYS} of {samples} images)")
+    else:
+        assert "first" not in title
 
 
 def test_unknown_method_lists_known(tmp_path):

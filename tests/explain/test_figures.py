@@ -7,7 +7,7 @@ import torch
 from matplotlib.contour import ContourSet
 
 from viscope.errors import ViscopeError
-from viscope.explain.figures import CBAR_LABEL, overlay_grid, score_line
+from viscope.explain.figures import CBAR_LABEL, overlay_grid, overlay_title, score_line
 
 METHODS = ("gradcam", "layercam", "cbrise")
 
@@ -55,3 +55,10 @@ def test_score_line_and_errors():
         overlay_grid(images, {"gradcam": torch.rand(3, 16, 16)})
     with pytest.raises(ViscopeError, match="titles"):
         overlay_grid(images, maps, titles=["only one"])
+
+
+def test_title_says_when_only_the_first_images_are_shown():
+    images, maps, _, _ = _inputs(2)
+    fig = overlay_grid(images, maps, title=overlay_title("My maps", 2, 16))
+    assert fig._suptitle.get_text() == "My maps\n(first 2 of 16 images)"
+    assert overlay_title("My maps", 16, 16) == "My maps"

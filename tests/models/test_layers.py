@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -76,6 +77,36 @@ def test_select_layers_no_match_explains(vit: nn.Module) -> None:
     )
     assert "Layers look like: blocks.0, blocks.1, blocks.2, ..." in message
     assert "--model vit_tiny_patch16_224" in message
+    assert "Did you mean 'blocks.*'?" in message and "blocks.5" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "pattern", "meant"),
+    [
+        ("test_vit", {"img_size": 32}, "block.*", "blocks.*"),
+        ("test_vit", {"img_size": 32}, "blocks.*.atn", "blocks.*.attn"),
+        ("resnet18", {}, "layr1.*", "layer1.*"),
+        ("resnet18", {}, "layers*.*", "layer*.*"),
+        ("resnet18", {}, "layer*.0.conv", "layer*.0.conv2"),
+        ("resnet18", {}, "**.donwsample", "**.downsample"),
+    ],
+)
+def test_a_glob_that_matches_nothing_suggests_the_glob_meant(
+    name: str, kwargs: dict[str, Any], pattern: str, meant: str
+) -> None:
+    model = create(name, **kwargs)
+    with pytest.raises(ViscopeError, match=rf"got {re.escape(repr(pattern))}\. Did you mean "
+                       rf"{re.escape(repr(meant))}\? Layers look like: "):
+        select_layers(model, pattern)
+    assert select_layers(model, meant)  # the suggestion is a pattern that works
+
+
+def test_no_glob_repair_falls_back_to_close_names() -> None:
+    model = create("resnet18")
+    with pytest.raises(ViscopeError, match=r"got 'zzz\*'\. Layers look like: layer1\.0"):
+        select_layers(model, "zzz*")
+    with pytest.raises(ViscopeError, match=r"Did you mean 'layer1\.0\.conv\d'"):
+        select_layers(model, "layer1.0.convv")  # no glob: names are suggested, as before
 
 
 def test_vit_token_shapes_and_forward_order(vit: nn.Module) -> None:

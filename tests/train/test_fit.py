@@ -296,6 +296,39 @@ def test_argument_errors(tiny_vit: ModelFactory, separable: Splits, tmp_path: Pa
     assert not (tmp_path / "train.json").exists()
 
 
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "GPU"])
+def test_gpu_without_cuda_is_refused_before_the_run_folder(
+    tiny_vit: ModelFactory,
+    separable: Splits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    accelerator: str,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    with pytest.raises(ViscopeError, match=r"no GPU is available.*--accelerator cpu") as err:
+        fit(tiny_vit(2), separable, out=out, accelerator=accelerator, progress=False)
+    assert f"accelerator={accelerator!r}" in str(err.value)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"devices": 0}, r"devices=0.*not a valid input"),
+        ({"strategy": "nonsense"}, r"invalid strategy name.*nonsense"),
+        ({"accelerator": "gpus"}, r"invalid accelerator name.*gpus"),
+    ],
+)
+def test_trainer_settings_lightning_rejects_become_one_line_errors(
+    tiny_vit: ModelFactory, separable: Splits, tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ViscopeError, match=match) as err:
+        fit(tiny_vit(2), separable, out=tmp_path, progress=False, **kwargs)
+    assert "\n" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
 def test_early_stopping_and_max_steps(
     make_separable: Callable[..., Any], tiny_vit: ModelFactory, separable: Splits, tmp_path: Path
 ) -> None:

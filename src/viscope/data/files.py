@@ -15,7 +15,10 @@ from viscope.errors import ViscopeError
 #: File name endings (lower case) treated as images.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-_SKIP_HINT = "Fix or remove the file, or pass skip_corrupt=True to skip unreadable files."
+_SKIP_HINT = (
+    "Fix or remove the file, or pass skip_corrupt=True (--skip-corrupt on the command line) "
+    "to skip unreadable files."
+)
 _SHOW = 5  # how many file names an error or warning lists
 _ORIENTATION = 0x0112  # EXIF tag; values 5..8 swap width and height
 _WIDE_GREY = ("F", "I", "I;16", "I;16B", "I;16L", "I;16N")  # float, 16/32-bit greyscale

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from viscope.errors import ViscopeError
+from viscope.errors import ViscopeError, suggest
 
 ALL_FAMILIES = ["brightness", "contrast", "grayscale", "invert", "posterize", "solarize",
                 "scale", "perspective", "rotation", "translation"]
@@ -68,8 +68,6 @@ class MatrixConfig(BaseModel):
         known = list_transforms()
         for name in v:
             if name not in known:
-                from viscope.errors import suggest
-
                 raise ValueError(f"unknown family {name!r}.{suggest(name, known)} "
                                  f"Known: {', '.join(known)}")
         return v
@@ -124,5 +122,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ViscopeError(_unknown_key_message(first["loc"])) from None
         raise ViscopeError(f"Config error at {where!r}: {first['msg']}. Fix the YAML or the "
                            f"override.") from None
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    """An unknown key at ``loc`` (``("epochz",)`` or ``("models", 0, "epochz")``)."""
+    where = ".".join(str(x) for x in loc)
+    is_model = len(loc) == 3 and loc[0] == "models"
+    known = list((ModelConfig if is_model else MatrixConfig).model_fields)
+    key = str(loc[-1])
+    what = "a model entry" if is_model else "the config"
+    return (f"Config error at {where!r}: {what} has no key {key!r}.{suggest(key, known)} "
+            f"Known keys: {', '.join(known)}. Fix the YAML or the override.")

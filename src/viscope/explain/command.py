@@ -2,7 +2,8 @@
 
 The folder holds ``maps.npz`` (one (N, H, W) array per method, plus ``images``, ``labels``,
 ``indices`` and ``masks``), ``metrics.csv`` (one row per image x method),
-``metrics_summary.csv`` (the mean per method), ``overlays.png`` (the first images),
+``metrics_summary.csv`` (the mean per method), ``overlays.png`` (the first
+:data:`MAX_OVERLAYS` images; its title says so when more were explained),
 ``config.yaml`` (the resolved arguments) and ``environment.json``.
 """
 
@@ -28,7 +29,7 @@ from viscope.evaluate import (
     pointing_game,
 )
 from viscope.explain.api import METHODS, attribute, list_methods
-from viscope.explain.figures import overlay_grid
+from viscope.explain.figures import overlay_grid, overlay_title
 from viscope.explain.layouts import auto_layer
 from viscope.io import atomic_write, atomic_write_json, atomic_write_text, environment
 from viscope.models.checkpoint import is_checkpoint_path
@@ -240,7 +241,11 @@ def _write(out, ds, indices, images, labels, masks, maps, scores, model, dataset
         scores={m: {n: v[:k] for n, v in s.items()} for m, s in scores.items()},
         titles=[f"#{int(indices[i])} {classes[int(labels[i])]}" for i in range(k)],
         path=out / "overlays.png",
-        title=f"{Path(str(model)).name} on {dataset} ({split} split), target = true class",
+        title=overlay_title(
+            f"{Path(str(model)).name} on {dataset} ({split} split), target = true class",
+            k,
+            len(indices),
+        ),
     )
     files["overlays"] = out / "overlays.png"
     return files

@@ -126,6 +126,22 @@ def overlay_grid(
     return fig
 
 
+def overlay_title(title: str, shown: int, total: int) -> str:
+    """``title``, saying which images a grid shows when it draws fewer than were explained.
+
+    The note goes on a line of its own: a narrow grid (one method) would clip a long title.
+
+    Example:
+        >>> overlay_title("gradcam on shapes", 8, 16)
+        'gradcam on shapes\\n(first 8 of 16 images)'
+        >>> overlay_title("gradcam on shapes", 4, 4)
+        'gradcam on shapes'
+    """
+    if shown < total:
+        return f"{title}\n(first {shown} of {total} images)"
+    return title
+
+
 def score_line(
     metrics: Mapping[str, torch.Tensor], row: int, n: int = 0, width: int = 27
 ) -> str:
@@ -194,4 +210,4 @@ def _masks(masks: torch.Tensor, shape: tuple[int, int, int]) -> np.ndarray:
     return _array(m.float(), shape, "masks")
 
 
-__all__ = ["overlay_grid", "score_line"]
+__all__ = ["overlay_grid", "overlay_title", "score_line"]

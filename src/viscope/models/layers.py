@@ -12,6 +12,8 @@ segment, ``**`` spans any number of segments.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -192,7 +194,8 @@ def select_layers(model: nn.Module, patterns: str | Sequence[str] | None = None)
         The matching module names, each once, in ``named_modules`` order.
 
     Raises:
-        ViscopeError: a pattern matches no module; the message shows what names look like.
+        ViscopeError: a pattern matches no module; the message suggests the closest
+            pattern (for a glob) or names, and shows what names look like.
 
     Example:
         >>> from viscope.models import create
@@ -291,11 +294,65 @@ def _no_match_message(model: nn.Module, pattern: str, names: list[str]) -> str:
     )[:3]
     spec = spec_of(model)
     model_arg = spec.name if spec is not None else "..."
+    # A glob stands for many layers: suggest the glob the user meant rather than one name.
+    repaired = repair_pattern(pattern, names) if _GLOB.search(pattern) else None
+    hint = f" Did you mean {repaired!r}?" if repaired else suggest(pattern, names)
     return (
         f"Expected layer pattern to match a module of {type(net).__name__}; got "
-        f"{pattern!r}.{suggest(pattern, names)} Layers look like: "
+        f"{pattern!r}.{hint} Layers look like: "
         f"{', '.join(examples)}, ... (see `viscope list layers --model {model_arg}`)."
     )
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def repair_pattern(pattern: str, names: Sequence[str]) -> str | None:
+    """The pattern closest to ``pattern`` that matches some of ``names``, or ``None``.
+
+    Segment by segment, a segment that matches none of the names' segments at that depth
+    (under the segments fixed so far) is replaced by the closest of them; a glob segment
+    may also become one of them with its numbers made ``*`` (``layers*`` -> ``layer*``).
+    Segments that match stay as they are, globs included.
+
+    Args:
+        pattern: a layer pattern that matches no name.
+        names: dotted module names.
+
+    Returns:
+        The repaired pattern, or ``None`` when no segment-wise repair matches a name.
+
+    Example:
+        >>> names = ["blocks", "blocks.0", "blocks.1", "norm"]
+        >>> repair_pattern("block.*", names), repair_pattern("blocks.?.attn", names)
+        ('blocks.*', None)
+    """
+    split = [n.split(".") for n in names]
+    # (name, depth) pairs that the segments fixed so far lead to.
+    states = {(i, 0) for i in range(len(split))}
+    fixed = []
+    for pat in pattern.split("."):
+        if pat == "**":
+            states = {(i, d) for i, q in states for d in range(q, len(split[i]) + 1)}
+            fixed.append(pat)
+            continue
+        here = {split[i][d] for i, d in states if d < len(split[i])}
+        if not any(fnmatchcase(seg, pat) for seg in here):
+            choices = set(here)
+            if _GLOB.search(pat):
+                choices |= {re.sub(r"\d+", "*", seg) for seg in here}
+            close = difflib.get_close_matches(pat, sorted(choices), n=1, cutoff=0.5)
+            if not close:
+                return None
+            pat = close[0]
+        fixed.append(pat)
+        states = {
+            (i, d + 1) for i, d in states if d < len(split[i]) and fnmatchcase(split[i][d], pat)
+        }
+    repaired = ".".join(fixed)
+    if repaired == pattern or not any(match_layer(n, repaired) for n in names):
+        return None
+    return repaired
 
 
 def _match(parts: list[str], pats: list[str]) -> bool:

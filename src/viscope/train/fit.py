@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pandas as pd
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -176,7 +177,8 @@ def fit(
 
     Raises:
         ViscopeError: bad arguments, a dataset or model error, a model whose classifier
-            does not match the classes, or a run folder holding another configuration.
+            does not match the classes, a run folder holding another configuration,
+            ``accelerator="gpu"`` without a GPU, or trainer settings Lightning rejects.
 
     Example:
         >>> import tempfile
@@ -190,6 +192,7 @@ def fit(
     extra_loggers = [
         lg for lg in _as_list(trainer_kwargs.pop("logger", None)) if isinstance(lg, Logger)
     ]
+    _check_accelerator(accelerator)
     _check_int("epochs", epochs, 1)
     _check_int("batch_size", batch_size, 1)
     _check_int("max_steps", max_steps, -1)
@@ -306,7 +309,7 @@ def fit(
     }
     options.update(trainer_kwargs)
     with _quiet(progress):
-        trainer = pl.Trainer(callbacks=callbacks, logger=loggers, **options)
+        trainer = _make_trainer(callbacks, loggers, options)
         pin = trainer.strategy.root_device.type == "cuda"
         train_loader = make_loader(
             splits["train"],
@@ -372,6 +375,39 @@ def fit(
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _check_accelerator(accelerator: Any) -> None:
+    """Refuse a CUDA accelerator where there is none, before any work or file is made.
+
+    Lightning would otherwise fail later, with a ``MisconfigurationException`` traceback.
+    """
+    if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ViscopeError(
+            f"accelerator={accelerator!r} but no GPU is available here; use "
+            "accelerator='cpu' (--accelerator cpu)."
+        )
+
+
+def _make_trainer(
+    callbacks: list[Callback], loggers: list[Logger], options: Mapping[str, Any]
+) -> pl.Trainer:
+    """``pl.Trainer``, with the settings Lightning rejects reported as a ViscopeError.
+
+    Raises:
+        ViscopeError: Lightning refused a trainer argument (``devices=0``, an unknown
+            ``strategy`` or ``accelerator``, ...); the message is Lightning's, on one line.
+    """
+    try:
+        return pl.Trainer(callbacks=callbacks, logger=loggers, **options)
+    except ViscopeError:
+        raise
+    except (MisconfigurationException, ValueError) as err:
+        message = " ".join(str(err).split())
+        raise ViscopeError(
+            f"Expected trainer settings that Lightning accepts; it refused them: {message} "
+            "Change the setting it names (accelerator, devices, strategy, precision, ...)."
+        ) from None
 
 
 def _select_best(best: ModelCheckpoint, module: Classifier) -> tuple[float, int]:
