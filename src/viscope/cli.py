@@ -418,6 +418,8 @@ def explain(
     device: Annotated[str, typer.Option()] = "cpu",
     batch_size: Annotated[int, typer.Option()] = 16,
     seed: Annotated[int, typer.Option()] = 0,
+    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
+                                                    "or CSV dataset (with one warning)")] = False,
 ) -> None:
     """Attribution maps with several methods, their metrics, and an overlay figure."""
     from viscope.explain.command import explain_command
@@ -425,7 +427,7 @@ def explain(
     paths = explain_command(model, dataset, [m.strip() for m in method.split(",") if m.strip()],
                             samples, out, layer=layer, image_size=image_size,
                             model_args=_parse_kv(model_arg), device=device,
-                            batch_size=batch_size, seed=seed)
+                            batch_size=batch_size, seed=seed, skip_corrupt=skip_corrupt)
     for k, p in paths.items():
         _console().print(f"{k:12s} {p}")
 

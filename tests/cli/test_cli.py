@@ -208,3 +208,24 @@ def test_an_out_path_that_is_a_file_is_one_line(tmp_path, capsys):
                         "--no-progress", "--out", str(tmp_path / "f")], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "Check the path" in lines[0]
+
+
+def test_skip_corrupt_on_the_command_line(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "imgs" / "a" / "bad.png").write_bytes(b"not an image")
+    args = ["invariance", "--model", "test_vit", "--model-arg", "img_size=32", "--dataset",
+            str(tmp_path / "imgs"), "--transform", "brightness", "--samples", "6",
+            "--params", "2", "--no-progress"]
+    code, _, err = run([*args, "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "bad.png" in err and "--skip-corrupt" in err
+    with pytest.warns(UserWarning, match="Skipped 1 unreadable"):
+        code, _, err = run([*args, "--skip-corrupt", "--out", str(tmp_path / "y")], capsys)
+    assert code == 0, err
+    assert InvarianceResult.load(tmp_path / "y").meta["samples"] == 6

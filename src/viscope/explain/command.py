@@ -53,6 +53,7 @@ def explain_command(
     batch_size: int = 16,
     seed: int = 0,
     split: str = "test",
+    skip_corrupt: bool = False,
 ) -> dict[str, Path]:
     """Explain ``samples`` images of a dataset split with each method and score the maps.
 
@@ -77,6 +78,7 @@ def explain_command(
         seed: seed of the dataset (generation and split, as in training), of the draw and
             of a randomly initialised model's weights.
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        skip_corrupt: skip unreadable files of a folder or CSV dataset (one warning).
 
     Returns:
         The files written: ``maps``, ``metrics``, ``summary``, ``overlays``, ``config``,
@@ -99,7 +101,8 @@ def explain_command(
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ViscopeError(f"device={device!r} but CUDA is not available here; use 'cpu'.")
     out = Path(out)
-    ds = data.create(dataset, split=split, size=image_size, seed=seed)
+    ds = data.create(dataset, split=split, size=image_size, seed=seed,
+                     **({"skip_corrupt": True} if skip_corrupt else {}))
     kwargs = dict(model_args or {})
     if not is_checkpoint_path(model) and "num_classes" not in kwargs:
         kwargs["num_classes"] = len(ds.classes)
