@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -374,3 +375,18 @@ def test_precision_alias_is_the_same_run(
     assert again.skipped
     with pytest.raises(ViscopeError, match=r"precision: .*overwrite=True"):
         fit("test_vit", out=out, precision="bf16", **run_config)
+
+
+def test_progress_shows_no_lightning_chatter(
+    tiny_vit: ModelFactory, separable: Splits, tmp_path: Path, capfd: Any, caplog: Any
+) -> None:
+    # The CLI trains with progress=True: a progress bar, but not Lightning's hardware
+    # report, tips, model summary or "max_epochs reached" notes.
+    before = logging.getLogger("lightning.pytorch").level
+    with caplog.at_level(logging.INFO):
+        fit(tiny_vit(2), separable, out=tmp_path, epochs=1, batch_size=64, progress=True)
+    out = capfd.readouterr()
+    text = out.out + out.err + caplog.text
+    for chatter in ("GPU available", "Tip", "Total params", "max_epochs"):
+        assert chatter not in text
+    assert logging.getLogger("lightning.pytorch").level == before  # restored

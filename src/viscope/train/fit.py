@@ -156,7 +156,8 @@ def fit(
         devices: Lightning devices (``2`` with ``strategy="ddp"`` for two GPUs).
         precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``).
         num_workers: data-loader workers (0 suits the in-memory built-in datasets).
-        progress: show Lightning's progress bar, model summary and info messages.
+        progress: show Lightning's progress bar (its model summary and info messages stay
+            off; pass ``enable_model_summary=True`` for the summary).
         max_steps: stop after this many optimizer steps (``-1``: no limit).
         augment_p: probability that a training image is augmented (``1.0``: all).
         early_stop_patience: stop when ``val_loss`` has not improved for this many
@@ -303,12 +304,12 @@ def fit(
         "devices": devices,
         "precision": precision,
         "enable_progress_bar": progress,
-        "enable_model_summary": progress,
+        "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "log_every_n_steps": min(50, batches),
     }
     options.update(trainer_kwargs)
-    with _quiet(progress):
+    with _quiet():
         trainer = _make_trainer(callbacks, loggers, options)
         pin = trainer.strategy.root_device.type == "cuda"
         train_loader = make_loader(
@@ -516,16 +517,16 @@ def _remove_checkpoints(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _quiet(progress: bool) -> Iterator[None]:
-    """Silence Lightning's expected warnings; without ``progress`` also its info messages."""
+def _quiet() -> Iterator[None]:
+    """Silence Lightning's expected warnings and its info messages (hardware found, tips,
+    "max_epochs reached"); its warnings still show."""
     levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
     with warnings.catch_warnings():
         for message in _EXPECTED_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         try:
-            if not progress:
-                for name in _LIGHTNING_LOGGERS:
-                    logging.getLogger(name).setLevel(logging.WARNING)
+            for name in _LIGHTNING_LOGGERS:
+                logging.getLogger(name).setLevel(logging.WARNING)
             yield
         finally:
             for name, level in levels.items():
