@@ -390,13 +390,18 @@ def train(
                                                     "or CSV dataset (with one warning)")] = False,
 ) -> None:
     """Train a classifier with an augmentation family; best checkpoint on validation."""
+    import torch
+
     from viscope import data, models
     from viscope.train import fit
 
     extra = {"skip_corrupt": True} if skip_corrupt else {}
     splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0, **extra)
               for s in ("train", "val", "test")}
-    net = models.create(model, num_classes=len(splits["train"].classes), **_parse_kv(model_arg))
+    with torch.random.fork_rng(devices=[]):  # random-init weights follow --seed
+        torch.manual_seed(seed)
+        net = models.create(model, num_classes=len(splits["train"].classes),
+                            **_parse_kv(model_arg))
     res = fit(net, splits, augment=augment, epochs=epochs, batch_size=batch_size, lr=lr,
               seed=seed, out=out, accelerator=accelerator, devices=devices,
               precision=precision, progress=True, overwrite=overwrite)

@@ -229,3 +229,26 @@ def test_skip_corrupt_on_the_command_line(tmp_path, capsys):
         code, _, err = run([*args, "--skip-corrupt", "--out", str(tmp_path / "y")], capsys)
     assert code == 0, err
     assert InvarianceResult.load(tmp_path / "y").meta["samples"] == 6
+
+
+def test_train_is_reproducible_for_a_seed(tmp_path, capsys):
+    # --seed also seeds the random initial weights: the same command gives the same model
+    import torch
+
+    base = ["train", "--model", "test_vit", "--model-arg", "img_size=32", "--n", "60",
+            "--batch-size", "20", "--epochs", "1"]
+    weights = {}
+    for name, seed in [("a", "3"), ("b", "3"), ("c", "4")]:
+        code, _, err = run([*base, "--seed", seed, "--out", str(tmp_path / name)], capsys)
+        assert code == 0, err
+        weights[name] = torch.load(tmp_path / name / "best.pt", map_location="cpu")
+    flat = {k: torch.cat([t.flatten().float() for t in _tensors(w)]) for k, w in weights.items()}
+    assert torch.equal(flat["a"], flat["b"]) and not torch.equal(flat["a"], flat["c"])
+
+
+def _tensors(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif hasattr(obj, "flatten") and hasattr(obj, "dtype"):
+        yield obj
