@@ -170,6 +170,7 @@ def invariance(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ViscopeError(f"--device {device} but CUDA is not available here; use --device cpu.")
     families = _families(transform)
+    _check_families_suit(measure, families)
     kwargs = _parse_kv(model_arg)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -241,6 +242,24 @@ def _families(transform: str) -> list[str]:
 
 #: settings of `viscope invariance` that change how fast, not what is measured
 _HARDWARE = ("device", "batch_size")
+
+
+def _check_families_suit(measure: str, families: list[str]) -> None:
+    """A measure that maps activations back (nv_se) takes geometric families only: say so
+    before the first family is measured, not after."""
+    from viscope.invariance import MEASURES
+    from viscope.transforms import create
+
+    if not MEASURES.get(measure).equivariant or len(families) < 2:
+        return  # one family: measure() says it itself
+    other = [f for f in families if not create(f).geometric]
+    if other:
+        geometric = [f for f in families if f not in other] or ["rotation"]
+        raise ViscopeError(
+            f"Measure {measure!r} maps activations back with the inverse transformation, so "
+            f"it takes geometric families only; got {', '.join(other)}. Pass e.g. "
+            f"--transform {','.join(geometric)}, or --measure nv."
+        )
 
 
 def _measure_folder(net, ds, out: Path, config: dict, options: dict):

@@ -184,6 +184,12 @@ def test_transform_all_and_a_bad_name_in_a_list(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Did you mean 'brightness'" in proc.stderr
     assert not (tmp_path / "x").exists()  # refused before anything was measured
+    cmd[cmd.index("rotation,brightnes")] = "rotation,brightness,scale"
+    proc = subprocess.run([*cmd, "--measure", "nv_se"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "got brightness" in proc.stderr
+    assert "--transform rotation,scale" in proc.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("args,message", [
