@@ -319,3 +319,16 @@ def test_training_folders_without_recorded_inputs_are_reused_or_replaced(tmp_pat
     for fam in ("rotation", "identity"):
         rec = json.loads((out / f"vit/train/{fam}/seed0/train.json").read_text())
         assert rec["config"]["epochs"] == 2 and rec["status"] == "finished"
+
+
+def test_summary_names_the_rows_the_heatmap_boxes_as_ties():
+    from viscope.experiments.matrix import summary
+
+    inv = pd.DataFrame({"scale": [0.9879, 0.9928, 1.05], "rotation": [1.2, 1.1, 1.3]},
+                       index=["brightness", "contrast", "identity"])
+    inv["average"] = inv.mean(axis=1)
+    acc = pd.DataFrame({"clean": [0.9] * 3, "scale": [0.8] * 3, "rotation": [0.7] * 3},
+                       index=inv.index)
+    text = summary(inv, acc, "m", tiny_config(), classes=5)
+    assert "scale → brightness (tied at 2 decimals: contrast)" in text  # 0.99 and 0.99
+    assert "rotation → contrast," in text or "rotation → contrast." in text  # no tie

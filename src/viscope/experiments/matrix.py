@@ -275,8 +275,14 @@ def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
                          f"({'lower' if d < i - tol else 'not lower'}, Δ = {d - i:+.3f})")
     best = {e: inv[e].idxmin() for e in evs if inv[e].notna().any() and e not in noop}
     if best:
+        def with_ties(e: str, r: str) -> str:
+            # the heatmap boxes every row equal to the best at its 2 decimals: name them too
+            shown = inv[e].map(lambda v: f"{v:.2f}")  # as the heatmap prints it
+            ties = [t for t in inv.index[shown == shown[r]] if t != r]
+            return f"{e} → {r}" + (f" (tied at 2 decimals: {', '.join(ties)})" if ties else "")
+
         lines.append("- Most invariant training family per evaluation family: "
-                     + ", ".join(f"{e} → {r}" for e, r in best.items()) + ".")
+                     + ", ".join(with_ties(e, r) for e, r in best.items()) + ".")
     if inv["average"].notna().any():
         lines.append(f"- Lowest average NV: **{inv['average'].idxmin()}** "
                      f"({inv['average'].min():.3f}); highest: {inv['average'].idxmax()} "
