@@ -112,7 +112,7 @@ def test_tables_render_mean_and_std():
     m = pd.DataFrame([[0.5, 0.25]], index=["invert"], columns=["rotation", "average"])
     s = pd.DataFrame([[0.01, 0.02]], index=["invert"], columns=["rotation", "average"])
     md = to_markdown(m, s)
-    assert "| color inversion | 0.50 ± 0.01 | 0.25 ± 0.02 |" in md and "rotate" in md
+    assert "| color inversion (invert) | 0.50 ± 0.01 | 0.25 ± 0.02 |" in md and "rotate" in md
     assert r"0.50 $\pm$ 0.01" in to_latex(m, s)
 
 

@@ -21,9 +21,10 @@ SHORT = {
     "rotation": "rotate", "translation": "translate", "identity": "identity",
     "average": "avg", "clean": "clean",
 }
-#: row labels as in the published table
-ROW = {"invert": "color inversion", "perspective": "projection", "posterize": "posterization",
-       "solarize": "solarization"}
+#: row labels as in the published table, with viscope's family name where it differs (the
+#: name the CLI, the CSVs and the configs use)
+ROW = {"invert": "color inversion (invert)", "perspective": "projection (perspective)",
+       "posterize": "posterization (posterize)", "solarize": "solarization (solarize)"}
 
 
 def _cell(m: float, s: float | None, digits: int) -> str:
