@@ -27,6 +27,7 @@ import time
 import warnings
 
 import torch
+from _common import check_device
 
 from viscope import models
 from viscope.explain import attribute, auto_layer
@@ -129,21 +130,6 @@ def scorecam_memory(args: argparse.Namespace) -> None:
     flat = spread <= max(32.0, 0.25 * max(peaks))
     print(f"ScoreCAM peak increase spread {spread:.1f} MiB over batches "
           f"{args.scorecam_batches}: {'flat' if flat else 'GROWS with the batch'}")
-
-
-def check_device(name: str) -> torch.device:
-    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
-                 "or use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
-                 "device(s); use --device cuda or cuda:N with a smaller N")
-    return device
 
 
 def main() -> None:

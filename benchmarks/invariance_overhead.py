@@ -20,10 +20,10 @@ and no tool that must run the forward passes once can be faster than it by more.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
+from _common import check_device
 
 from viscope import models as vmodels
 from viscope import transforms
@@ -123,21 +123,6 @@ def time_tmeasures(net, family, grid, images, layers, batch):
         Images(images, labels=False), TS([T(p) for p in grid]), Acts(),
         tmp.PyTorchMeasureOptions(batch_size=batch, verbose=False, num_workers=0))
     return time.perf_counter() - t
-
-
-def check_device(name: str) -> torch.device:
-    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
-                 "or use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
-                 "device(s); use --device cuda or cuda:N with a smaller N")
-    return device
 
 
 def main() -> None:

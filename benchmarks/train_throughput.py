@@ -36,6 +36,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from _common import check_device
 
 from viscope import data, models, transforms
 from viscope.train import BatchAugment, fit, make_loader, make_optimizer
@@ -162,21 +163,6 @@ def viscope_fit(
             callbacks=[timer],
         )
     return timer.epochs
-
-
-def check_device(name: str) -> torch.device:
-    """``--device`` as a torch device; exit with one line if this machine cannot use it."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        sys.exit(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"--device {name} but CUDA is not available here; run on a GPU machine "
-                 "or use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        sys.exit(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA "
-                 "device(s); use --device cuda or cuda:N with a smaller N")
-    return device
 
 
 def main() -> None:
