@@ -202,6 +202,11 @@ def invariance(
         _console().print(f"Results in {out}/ (per_layer.csv, per_unit.npz, result.json, "
                          f"config.yaml, environment.json, {result.measure}.png)")
         return
+    # the run folder: one of other settings, or one single-family measurement, is refused
+    # (or replaced with --overwrite); another list of families is fine
+    multi = {**config, "transform": families, "per_family_folders": True}
+    if _check_folder(out, multi, overwrite, ignore=("transform",)) and overwrite:
+        _remove_result(out)
     results = []
     for i, fam in enumerate(families, 1):
         _console().print(f"[{i}/{len(families)}] {fam}")
@@ -209,7 +214,7 @@ def invariance(
                                        {**config, "transform": fam}, options))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml",
-                      yaml.safe_dump({**config, "transform": families}, sort_keys=False))
+                      yaml.safe_dump(multi, sort_keys=False))
     atomic_write_json(out / "environment.json", environment())
     primary, name = results[0].primary, results[0].measure
     table = _by_transform(results, families)
@@ -244,6 +249,32 @@ def _families(transform: str) -> list[str]:
 _HARDWARE = ("device", "batch_size")
 
 
+def _check_folder(out: Path, config: dict, overwrite: bool, ignore: tuple = ()) -> bool:
+    """Whether ``out`` holds a measurement's config; one of other settings (hardware and
+    ``ignore`` aside) is refused unless ``overwrite``."""
+    from viscope.train.run import config_diff
+
+    cfg_file = out / "config.yaml"
+    if not cfg_file.is_file():
+        return False
+    skip = (*_HARDWARE, *ignore)
+    stored = yaml.safe_load(cfg_file.read_text()) or {}
+    diff = config_diff({k: v for k, v in stored.items() if k not in skip},
+                       {k: v for k, v in config.items() if k not in skip})
+    if diff and not overwrite:
+        raise ViscopeError(
+            f"Expected {out} to hold a measurement with the same settings; it holds one "
+            f"that differs in: {'; '.join(diff[:6])}. Use another --out, or pass "
+            "--overwrite to replace it."
+        )
+    return True
+
+
+def _remove_result(out: Path) -> None:
+    for name in ("result.json", "per_unit.npz", "per_layer.csv", "resume.pt"):
+        (out / name).unlink(missing_ok=True)
+
+
 def _check_families_suit(measure: str, families: list[str]) -> None:
     """A measure that maps activations back (nv_se) takes geometric families only: say so
     before the first family is measured, not after."""
@@ -269,30 +300,19 @@ def _measure_folder(net, ds, out: Path, config: dict, options: dict):
     from viscope.invariance import InvarianceResult
     from viscope.invariance import measure as run_measure
     from viscope.io import atomic_write_json, atomic_write_text, environment
-    from viscope.train.run import config_diff
 
     options = dict(options)
     overwrite = options.pop("overwrite", False)
-    cfg_file, resume = out / "config.yaml", out / "resume.pt"
-    stored = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
-    if stored is not None:
-        diff = config_diff({k: v for k, v in stored.items() if k not in _HARDWARE},
-                           {k: v for k, v in config.items() if k not in _HARDWARE})
-        if diff and not overwrite:
-            raise ViscopeError(
-                f"Expected {out} to hold a measurement with the same settings; it holds one "
-                f"that differs in: {'; '.join(diff[:6])}. Use another --out, or pass "
-                "--overwrite to replace it."
-            )
+    resume = out / "resume.pt"
+    if _check_folder(out, config, overwrite):
         if overwrite:  # what was measured before goes
-            for name in ("result.json", "per_unit.npz", "per_layer.csv", "resume.pt"):
-                (out / name).unlink(missing_ok=True)
+            _remove_result(out)
         elif (out / "result.json").is_file() and not resume.is_file():
             _console().print(f"Already measured with these settings in {out} (pass "
                              "--overwrite to measure again)")
             return InvarianceResult.load(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_file, yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     atomic_write_json(out / "environment.json", environment())
     if resume.is_file():
         _console().print(f"Resuming the interrupted measurement saved in {resume}")

@@ -143,6 +143,14 @@ def test_several_transformations_one_folder_each_a_joint_table_and_resume(tmp_pa
     assert list(table.columns) == ["layer", "depth", "rotation", "brightness"]
     assert (out / "nv.png").exists() and yaml.safe_load(
         (out / "config.yaml").read_text())["transform"] == ["rotation", "brightness"]
+    # a single-family folder is not silently turned into a several-family one, nor back
+    single = tmp_path / "single"
+    assert run([*args, "--transform", "scale", "--out", str(single)], capsys)[0] == 0
+    code, _, err = run([*args, "--transform", "rotation,brightness", "--out", str(single)],
+                       capsys)
+    assert code == 2 and "per_family_folders" in err and "--overwrite" in err
+    code, _, err = run([*args, "--transform", "brightness", "--out", str(out)], capsys)
+    assert code == 2 and "per_family_folders" in err
     # each column is its family's own run, and the same as measuring that family alone
     code, _, err = run([*args, "--transform", "brightness", "--out", str(tmp_path / "one")],
                        capsys)
