@@ -266,3 +266,23 @@ def _tensors(obj):
             yield from _tensors(v)
     elif hasattr(obj, "flatten") and hasattr(obj, "dtype"):
         yield obj
+
+
+BAD_COUNTS = ["invariance", "--model", "test_vit", "--model-arg", "img_size=32", "--transform",
+              "rotation", "--samples", "6", "--params", "3", "--no-progress"]
+
+
+def test_cli_rejects_batch_size_zero(tmp_path, capsys):
+    code, _, err = run([*BAD_COUNTS, "--batch-size", "0", "--out", str(tmp_path / "run")],
+                       capsys)
+    assert code == 2
+    assert err.startswith("error: Expected batch_size to be an int >= 1")
+    assert err.count("\n") == 1
+
+
+def test_cli_names_the_image_size_when_the_model_rejects_it(tmp_path, capsys):
+    code, _, err = run([*BAD_COUNTS, "--image-size", "31", "--out", str(tmp_path / "run")],
+                       capsys)
+    assert code == 2
+    assert err.startswith("error: The model failed on a batch of images of shape (1, 3, 31, 31)")
+    assert "--image-size" in err and err.count("\n") == 1

@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from viscope import models as vm
-from viscope.cli import main
 from viscope.errors import ViscopeError
 from viscope.invariance import InvarianceResult, measure
 from viscope.invariance.measures import MEASURES
@@ -147,33 +146,6 @@ def test_out_of_memory_is_not_blamed_on_the_images():
     with pytest.raises(torch.cuda.OutOfMemoryError):
         measure(nn.Sequential(OOM()), images(), "brightness", params=3, samples=8,
                 layers=["0"])
-
-
-def run_cli(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
-CLI = ["invariance", "--model", "test_vit", "--model-arg", "img_size=32", "--transform",
-       "rotation", "--samples", "6", "--params", "3", "--no-progress"]
-
-
-def test_cli_rejects_batch_size_zero(tmp_path, capsys):
-    code, err = run_cli([*CLI, "--batch-size", "0", "--out", str(tmp_path / "run")], capsys)
-    assert code == 2
-    assert err.startswith("error: Expected batch_size to be an int >= 1")
-    assert err.count("\n") == 1
-
-
-def test_cli_names_the_image_size_when_the_model_rejects_it(tmp_path, capsys):
-    code, err = run_cli([*CLI, "--image-size", "31", "--out", str(tmp_path / "run")], capsys)
-    assert code == 2
-    assert err.startswith("error: The model failed on a batch of images of shape (1, 3, 31, 31)")
-    assert "--image-size" in err and err.count("\n") == 1
 
 
 def flat_result(values):
