@@ -40,6 +40,8 @@ ModelArg = Annotated[
     list[str] | None,
     typer.Option("--model-arg", help="Keyword for the model constructor, KEY=VALUE (repeatable)."),
 ]
+SkipCorrupt = Annotated[bool, typer.Option(help="skip unreadable image files of a folder or "
+                                                "CSV dataset (with one warning)")]
 
 
 def _console():
@@ -155,8 +157,7 @@ def invariance(
     variance: Annotated[bool, typer.Option(help="means of variances, not of stds")] = False,
     tokens: Annotated[str, typer.Option(help="ViT tokens: all, patch or prefix")] = "all",
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
-                                                    "or CSV dataset (with one warning)")] = False,
+    skip_corrupt: SkipCorrupt = False,
     overwrite: Annotated[bool, typer.Option(help="replace a measurement with other settings "
                                                  "found in --out")] = False,
 ) -> None:
@@ -177,8 +178,7 @@ def invariance(
     with torch.random.fork_rng(devices=[]):  # random-init weights follow --seed
         torch.manual_seed(seed)
         net = models.create(model, **kwargs)
-    ds = data.create(dataset, size=image_size, **({"skip_corrupt": True} if skip_corrupt
-                                                   else {}))
+    ds = data.create(dataset, size=image_size, skip_corrupt=skip_corrupt)
     patterns = [p.strip() for p in layers.split(",")] if layers else None
     config = {
         "command": "invariance", "model": model, "model_args": kwargs, "dataset": dataset,
@@ -425,8 +425,7 @@ def train(
     model_arg: ModelArg = None,
     overwrite: Annotated[bool, typer.Option(help="delete a run of another configuration in "
                                                  "--out and train again")] = False,
-    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
-                                                    "or CSV dataset (with one warning)")] = False,
+    skip_corrupt: SkipCorrupt = False,
 ) -> None:
     """Train a classifier with an augmentation family; best checkpoint on validation."""
     import torch
@@ -434,8 +433,8 @@ def train(
     from viscope import data, models
     from viscope.train import fit
 
-    extra = {"skip_corrupt": True} if skip_corrupt else {}
-    splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0, **extra)
+    splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=0,
+                             skip_corrupt=skip_corrupt)
               for s in ("train", "val", "test")}
     with torch.random.fork_rng(devices=[]):  # random-init weights follow --seed
         torch.manual_seed(seed)
@@ -462,8 +461,7 @@ def explain(
     device: Annotated[str, typer.Option()] = "cpu",
     batch_size: Annotated[int, typer.Option()] = 16,
     seed: Annotated[int, typer.Option()] = 0,
-    skip_corrupt: Annotated[bool, typer.Option(help="skip unreadable image files of a folder "
-                                                    "or CSV dataset (with one warning)")] = False,
+    skip_corrupt: SkipCorrupt = False,
 ) -> None:
     """Attribution maps with several methods, their metrics, and an overlay figure."""
     from viscope.explain.command import explain_command

@@ -45,6 +45,7 @@ def create(
     size: int | Sequence[int] | None = 32,
     n: int | None = None,
     seed: int = 0,
+    skip_corrupt: bool = False,
     **kw: Any,
 ) -> VisionDataset:
     """Make a dataset from a built-in name, an image folder or a CSV file.
@@ -62,6 +63,9 @@ def create(
         n: Number of items: for ``shapes`` how many to generate (default 2000),
             otherwise a seeded random subset of that many (default all).
         seed: Seed of generation, of the ``n`` subset and of the split.
+        skip_corrupt: For a folder or CSV file, check every file up front and skip the
+            unreadable ones with one warning. ``False`` is passed to no dataset, so it
+            suits built-in names too.
         **kw: Passed on to the dataset (``cache`` for shapes; ``skip_corrupt``, and
             ``root`` for CSV files).
 
@@ -79,6 +83,8 @@ def create(
         (70, ['circle', 'square'], True)
     """
     seed = check_seed(seed)
+    if skip_corrupt:
+        kw["skip_corrupt"] = True
     fractions = resolve_fractions(kw.pop("fractions", (0.7, 0.15, 0.15)))
     splits = ("all", *fractions)
     if split not in splits:

@@ -102,7 +102,7 @@ def explain_command(
         raise ViscopeError(f"device={device!r} but CUDA is not available here; use 'cpu'.")
     out = Path(out)
     ds = data.create(dataset, split=split, size=image_size, seed=seed,
-                     **({"skip_corrupt": True} if skip_corrupt else {}))
+                     skip_corrupt=skip_corrupt)
     kwargs = dict(model_args or {})
     if not is_checkpoint_path(model) and "num_classes" not in kwargs:
         kwargs["num_classes"] = len(ds.classes)
