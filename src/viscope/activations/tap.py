@@ -21,8 +21,9 @@ Correctness rules that the reference library tmeasures does not follow:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -330,13 +331,20 @@ def capture(
         tap learnt about it (layout, unit shape, prefix tokens, ...). Layers that did not
         run are absent from ``activations`` and listed with ``calls == 0`` in ``records``.
     """
+    with preserved_buffers(model), torch.no_grad(), Tap(model, layers, tokens=tokens) as tap:
+        model(images)
+    return tap.activations, tap.records
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Put the model's buffers back on exit when any module is in train mode, where each
+    forward pass updates BatchNorm's running statistics (in eval mode nothing is copied)."""
     training = any(m.training for m in model.modules())
     buffers = [(b, b.clone()) for b in model.buffers()] if training else []
     try:
-        with torch.no_grad(), Tap(model, layers, tokens=tokens) as tap:
-            model(images)
+        yield
     finally:
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-    return tap.activations, tap.records

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain import cam, gradients, perturbation, rollout
 from viscope.explain.layouts import auto_layer, suggest_layer
@@ -188,13 +189,8 @@ def attribute(
         )
     tgt: Target = resolve_target(target, images.shape[0])
     # in train mode each forward pass updates BatchNorm's running statistics: put them back
-    buffers = [(b, b.clone()) for b in model.buffers()] if model.training else []
-    try:
+    with preserved_buffers(model):
         raw = spec.fn(model, images, tgt, layer, **options)
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
     check_maps(raw, method, layer, model)
     return finish(raw, (images.shape[-2], images.shape[-1]), normalize).to(images.device)
 
