@@ -189,10 +189,10 @@ def invariance(
     }
     options = {"measure": measure, "samples": samples, "params": params, "layers": patterns,
                "batch_size": batch_size, "device": device, "seed": seed, "spatial": spatial,
-               "variance": variance, "tokens": tokens, "progress": progress,
-               "overwrite": overwrite}
+               "variance": variance, "tokens": tokens, "progress": progress}
     if len(families) == 1:
-        result = _measure_folder(net, ds, out, {**config, "transform": families[0]}, options)
+        result = _measure_folder(net, ds, out, {**config, "transform": families[0]}, options,
+                                 overwrite)
         df = result.per_layer()
         cols = [c for c in df.columns if c not in ("units",)]
         _table(f"{result.measure} per layer · {model} · {families[0]}", cols,
@@ -210,8 +210,8 @@ def invariance(
     results = []
     for i, fam in enumerate(families, 1):
         _console().print(f"[{i}/{len(families)}] {fam}")
-        results.append(_measure_folder(net, ds, out / fam,
-                                       {**config, "transform": fam}, options))
+        results.append(_measure_folder(net, ds, out / fam, {**config, "transform": fam},
+                                       options, overwrite))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml",
                       yaml.safe_dump(multi, sort_keys=False))
@@ -293,16 +293,14 @@ def _check_families_suit(measure: str, families: list[str]) -> None:
         )
 
 
-def _measure_folder(net, ds, out: Path, config: dict, options: dict):
-    """Measure into ``out`` (config, result, plot); a finished measurement of the same
-    settings there is loaded instead, an interrupted one resumed from ``out/resume.pt``;
-    one of other settings is refused unless ``options["overwrite"]``."""
+def _measure_folder(net, ds, out: Path, config: dict, options: dict, overwrite: bool):
+    """Measure into ``out`` (config, result, plot) with ``measure(**options)``; a finished
+    measurement of the same settings there is loaded instead, an interrupted one resumed
+    from ``out/resume.pt``; one of other settings is refused unless ``overwrite``."""
     from viscope.invariance import InvarianceResult
     from viscope.invariance import measure as run_measure
     from viscope.io import atomic_write_json, atomic_write_text, environment
 
-    options = dict(options)
-    overwrite = options.pop("overwrite", False)
     resume = out / "resume.pt"
     if _check_folder(out, config, overwrite):
         if overwrite:  # what was measured before goes
