@@ -31,6 +31,7 @@ from torch import nn
 
 from viscope.activations.layout import layout_4d
 from viscope.errors import ViscopeError
+from viscope.models.tokens import patch_grid, prefix_tokens
 
 Callback = Callable[[str, torch.Tensor], None]
 _CALL = re.compile(r"^(?P<name>.*?)@(?P<call>\d+)$")
@@ -46,7 +47,7 @@ class LayerRecord:
     call: int | None
     layout: str = "unknown"  # chw | hwc | tokens | flat | other
     unit_shape: tuple[int, ...] = ()
-    prefix_tokens: int = 0
+    prefix_tokens: int | None = 0  # None: token output whose prefix count is unknown
     grid: tuple[int, int] | None = None
     picked: str = ""
     calls: int = 0
@@ -91,6 +92,9 @@ class Tap:
         tokens: for token outputs (B, N, D): ``"all"`` tokens, only ``"patch"`` tokens
             (prefix CLS/distillation/register tokens dropped), or only the ``"prefix"``
             tokens.
+        prefix_tokens: the number of prefix tokens, for a model whose structure does not
+            say it (see :func:`viscope.models.tokens.prefix_tokens`); ``None``: from the
+            model. Where neither tells, ``tokens="patch"`` / ``"prefix"`` are refused.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True))
@@ -107,9 +111,15 @@ class Tap:
         *,
         callback: Callback | None = None,
         tokens: str = "all",
+        prefix_tokens: int | None = None,
     ) -> None:
         if tokens not in TOKEN_POLICIES:
             raise ViscopeError(f"tokens must be one of {TOKEN_POLICIES}; got {tokens!r}.")
+        if prefix_tokens is not None and (
+                isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int)
+                or prefix_tokens < 0):
+            raise ViscopeError(f"Expected prefix_tokens to be an int >= 0 (class, "
+                               f"distillation and register tokens); got {prefix_tokens!r}.")
         for m in model.modules():
             if isinstance(m, nn.DataParallel) and len(m.device_ids or []) > 1:
                 raise ViscopeError(
@@ -122,6 +132,7 @@ class Tap:
         self.net = _net(model)
         self.callback = callback
         self.tokens = tokens
+        self.prefix_override = prefix_tokens
         self.activations: dict[str, torch.Tensor] = {}
         self._batch: int | None = None
         self._image_hw: tuple[int, int] | None = None
@@ -251,23 +262,36 @@ class Tap:
             rec.layout = layout_4d(self.net, rec.module_name, t)
         elif t.ndim == 3:
             rec.layout = "tokens"
-            rec.prefix_tokens = int(getattr(self.net, "num_prefix_tokens", 0) or 0)
-            grid = self._patch_grid()
-            if rec.prefix_tokens and grid is not None and grid[0] * grid[1] == shape[0]:
-                rec.prefix_tokens = 0  # the patch embedding: no prefix tokens prepended yet
-            n_patch = shape[0] - rec.prefix_tokens
-            if grid is not None and int(grid[0]) * int(grid[1]) == n_patch:
-                rec.grid = (int(grid[0]), int(grid[1]))
-            else:
-                side = int(round(n_patch**0.5))
-                rec.grid = (side, side) if side * side == n_patch and n_patch > 0 else None
+            n = shape[0]
+            grid = patch_grid(self.net, self._image_hw)
+            prefix = self.prefix_override
+            if prefix is None:
+                prefix = prefix_tokens(self.net)
+            if grid is not None and grid[0] * grid[1] == n:
+                prefix = 0  # the patch embedding: no prefix tokens prepended yet
+            elif prefix is None and grid is not None and n > grid[0] * grid[1]:
+                prefix = n - grid[0] * grid[1]  # whatever precedes the model's patch grid
+            if prefix is not None and prefix > n:
+                raise ViscopeError(
+                    f"Layer {rec.name!r} outputs {n} tokens, fewer than the {prefix} prefix "
+                    f"tokens given; pass prefix_tokens= (--prefix-tokens) of at most {n}."
+                )
+            rec.prefix_tokens = prefix
+            rec.grid = _token_grid(n - prefix, grid) if prefix is not None else None
             if self.tokens != "all":
-                if rec.prefix_tokens == 0 and self.tokens == "prefix":
+                if prefix is None:
+                    raise ViscopeError(
+                        f"tokens={self.tokens!r} needs the number of prefix (class, "
+                        f"distillation, register) tokens of layer {rec.name!r} ({n} tokens), "
+                        f"which {type(self.net).__name__}'s structure does not tell. Pass "
+                        f"prefix_tokens=K (--prefix-tokens K), or use tokens='all'."
+                    )
+                if prefix == 0 and self.tokens == "prefix":
                     raise ViscopeError(
                         f"tokens='prefix' but {type(self.net).__name__} has no prefix (CLS/"
                         f"register) tokens at layer {rec.name!r}. Use tokens='all'."
                     )
-                keep = n_patch if self.tokens == "patch" else rec.prefix_tokens
+                keep = n - prefix if self.tokens == "patch" else prefix
                 shape = (keep, shape[1])
         elif t.ndim == 2:
             rec.layout = "flat"
@@ -275,23 +299,18 @@ class Tap:
             rec.layout = "other"
         rec.unit_shape = shape
 
-    def _patch_grid(self) -> tuple[int, int] | None:
-        """The patch grid of the network's patch embedding for this pass's images."""
-        embed = getattr(self.net, "patch_embed", None)
-        feat_size = getattr(embed, "dynamic_feat_size", None)
-        if callable(feat_size) and self._image_hw is not None:
-            try:
-                rows, cols = feat_size(self._image_hw)
-                return int(rows), int(cols)
-            except (TypeError, ValueError, AttributeError):
-                pass
-        grid = getattr(embed, "grid_size", None)
-        return (int(grid[0]), int(grid[1])) if grid is not None else None
-
     @property
     def missing(self) -> list[str]:
         """Addressed layers that did not run (or whose call index never happened)."""
         return [n for n, r in self.records.items() if not r.captured]
+
+
+def _token_grid(n_patch: int, grid: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The (rows, cols) of ``n_patch`` patch tokens: the model's grid, else a square."""
+    if grid is not None and grid[0] * grid[1] == n_patch:
+        return grid
+    side = int(round(n_patch**0.5))
+    return (side, side) if side * side == n_patch and n_patch > 0 else None
 
 
 def _pick(output, batch: int | None) -> tuple[torch.Tensor | None, str]:
@@ -319,7 +338,8 @@ def _describe(output) -> str:
 
 
 def capture(
-    model: nn.Module, images: torch.Tensor, layers: Sequence[str], *, tokens: str = "all"
+    model: nn.Module, images: torch.Tensor, layers: Sequence[str], *, tokens: str = "all",
+    prefix_tokens: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, LayerRecord]]:
     """Run ``model(images)`` once under ``no_grad`` and return per-sample activations.
 
@@ -331,7 +351,8 @@ def capture(
         tap learnt about it (layout, unit shape, prefix tokens, ...). Layers that did not
         run are absent from ``activations`` and listed with ``calls == 0`` in ``records``.
     """
-    with preserved_buffers(model), torch.no_grad(), Tap(model, layers, tokens=tokens) as tap:
+    with preserved_buffers(model), torch.no_grad(), \
+            Tap(model, layers, tokens=tokens, prefix_tokens=prefix_tokens) as tap:
         model(images)
     return tap.activations, tap.records
 

@@ -21,6 +21,7 @@ from viscope.activations.tap import LayerRecord, Tap
 from viscope.errors import ViscopeError
 from viscope.models import unwrap
 from viscope.models.fastervit_models import is_fastervit
+from viscope.models.tokens import patch_grid
 
 
 def auto_layer(model: nn.Module) -> str:
@@ -161,9 +162,12 @@ def to_grid(
         return tensor.permute(0, 3, 1, 2)
     if record.layout == "tokens":
         prefix = record.prefix_tokens
-        grid = _patch_grid(model, image_hw)
-        if prefix and grid is not None and grid[0] * grid[1] == tensor.shape[1]:
-            prefix = 0  # the patch embedding's output: no prefix tokens prepended yet
+        if prefix is None:
+            raise ViscopeError(
+                f"Expected to tell the prefix (class/register) tokens of layer {record.name!r} "
+                f"from the patch tokens; {type(unwrap(model)).__name__} does not say how many "
+                "there are. Choose a convolutional layer, or a model with a patch embedding."
+            )
         patches = tensor[:, prefix:]
         grid = token_grid(patches.shape[1], record, model, image_hw)
         return patches.transpose(1, 2).reshape(tensor.shape[0], -1, *grid)
@@ -178,7 +182,7 @@ def token_grid(
     n_patch: int, record: LayerRecord, model: nn.Module, image_hw: tuple[int, int]
 ) -> tuple[int, int]:
     """The (rows, columns) of ``n_patch`` patch tokens, from the model's own patch grid."""
-    grid = _patch_grid(model, image_hw)
+    grid = patch_grid(model, image_hw)
     if grid is not None and grid[0] * grid[1] == n_patch:
         return grid
     if record.grid is not None and record.grid[0] * record.grid[1] == n_patch:
@@ -188,21 +192,3 @@ def token_grid(
         f"{record.prefix_tokens} prefix tokens) to form the model's patch grid; could not find "
         f"one for input {image_hw}. Choose a layer with a spatial output."
     )
-
-
-def _patch_grid(model: nn.Module, image_hw: tuple[int, int]) -> tuple[int, int] | None:
-    """The patch grid of the model's patch embedding for ``image_hw`` (``None``: no patch
-    embedding). timm's ``dynamic_feat_size`` knows its padding (``dynamic_img_pad``)."""
-    embed = getattr(unwrap(model), "patch_embed", None)
-    feat_size = getattr(embed, "dynamic_feat_size", None)
-    if callable(feat_size):
-        try:
-            rows, cols = feat_size(tuple(image_hw))
-            return int(rows), int(cols)
-        except (TypeError, ValueError):
-            pass
-    patch = getattr(embed, "patch_size", None)
-    if patch is None:
-        return None
-    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
-    return image_hw[0] // ph, image_hw[1] // pw

@@ -88,6 +88,7 @@ def measure(
     spatial: bool = False,
     variance: bool = False,
     tokens: str = "all",
+    prefix_tokens: int | None = None,
     options: MeasureOptions | None = None,
     transform_kwargs: dict | None = None,
     progress: bool | Callable[[int, int], None] = False,
@@ -117,6 +118,9 @@ def measure(
         spatial: average TV and SV over H x W (or tokens) before dividing.
         variance: means of variances instead of means of standard deviations.
         tokens: ``"all"``, ``"patch"`` or ``"prefix"`` tokens of ViT outputs.
+        prefix_tokens: the number of prefix (class, distillation, register) tokens, for a
+            token model whose structure does not say it (timm, torchvision and modules
+            with ``cls_token`` / ``reg_token`` parameters do); ``None``: from the model.
         options: further measure options (ANOVA alpha, Bonferroni, Goodfellow quantile).
         transform_kwargs: range overrides for the family, e.g. ``{"low": -90, "high": 90}``.
         progress: show a progress bar (True) or call ``progress(done, total)``.
@@ -201,7 +205,7 @@ def measure(
     guard = GracefulInterrupt(enabled=resume is not None)
     try:
         probe = _collate([dataset[indices[0]]]).to(device)
-        records = _probe(model, family, grid, probe, names, tokens)
+        records = _probe(model, family, grid, probe, names, tokens, prefix_tokens)
         measured = [nm for nm in names if records[nm].captured]
         skipped = [nm for nm in names if not records[nm].captured]
         if skipped:
@@ -219,7 +223,8 @@ def measure(
                 "measure": spec.name, "options": opts.__dict__, "grid": grid.tolist(),
                 "transform": getattr(family, "name", "custom"), "family": _family_key(family),
                 "indices": shard,
-                "rows": rows, "layers": measured, "tokens": tokens, "world": world,
+                "rows": rows, "layers": measured, "tokens": tokens,
+                "prefix_tokens": prefix_tokens, "world": world,
                 "rank": rank, "dataset": len(dataset),
             })
             path = Path(resume) if world == 1 else Path(f"{resume}.rank{rank}")
@@ -229,8 +234,8 @@ def measure(
                         f"{spec.name} · {getattr(family, 'name', '')}")
         bar.advance(start[0] * n_batches + start[1])
         merged = states
-        plan = _Plan(model, family, grid, records, tokens, spec.equivariant, device, shard,
-                     rows)
+        plan = _Plan(model, family, grid, records, tokens, prefix_tokens, spec.equivariant,
+                     device, shard, rows)
         for s, stage in enumerate(stages):
             if s < start[0]:
                 continue
@@ -277,6 +282,7 @@ def measure(
         "measure": spec.name,
         "options": opts.__dict__,
         "tokens": tokens,
+        "prefix_tokens": prefix_tokens,
         "skipped": skipped,
         "seed": seed,
     }
@@ -324,14 +330,14 @@ def _check_min_params(spec, m: int, callables: bool) -> None:
     )
 
 
-def _probe(model, family, grid, probe, names, tokens):
+def _probe(model, family, grid, probe, names, tokens, prefix_tokens=None):
     """One forward pass on one transformed image: which layers run, and their layouts.
     A model that cannot take the images fails here, with a message that says so."""
     params = grid[:1].repeat(probe.shape[0], *([1] * (grid.ndim - 1)))
     with torch.no_grad():
         x = family.apply(probe, params)
     try:
-        _, records = capture(model, x, names, tokens=tokens)
+        _, records = capture(model, x, names, tokens=tokens, prefix_tokens=prefix_tokens)
     except ViscopeError:
         raise  # already says what to do (e.g. from the tap)
     except torch.cuda.OutOfMemoryError:
@@ -410,6 +416,7 @@ class _Plan:
     grid: torch.Tensor
     records: dict
     tokens: str
+    prefix_tokens: int | None
     equivariant: bool
     device: torch.device
     shard: list[int]
@@ -438,7 +445,8 @@ class _Plan:
             if ctx["fired"] == len(states):
                 raise _StopForward  # every measured layer is in: the rest of the net is not needed
 
-        with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=self.tokens):
+        with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=self.tokens,
+                                     prefix_tokens=self.prefix_tokens):
             for done, x in enumerate(loader, start=first + 1):
                 finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
                 if not bool(finite.all()):
