@@ -1,26 +1,27 @@
-"""``fit``: train a classifier into a run folder, resumably, with Lightning."""
+"""``fit``: train a model into a run folder, resumably, with Lightning.
+
+``fit`` reads as its steps: resolve the data, make the model, decide what the run folder
+holds (skip a finished run, resume an interrupted one), build the Lightning module and
+trainer, train, and write the result. The trainer's parts live in
+:mod:`viscope.train.trainer`, the module in :mod:`viscope.train.module`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pandas as pd
-import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 from torch import nn
+from torch.utils.data import Dataset
 
 from viscope import models
 from viscope.errors import ViscopeError
@@ -28,7 +29,6 @@ from viscope.io import atomic_write, atomic_write_json, environment
 from viscope.models import spec_of, unwrap
 from viscope.models.checkpoint import extract_state_dict, load_weights, read_checkpoint
 from viscope.train.augment import AugmentArg, BatchAugment, describe_family, resolve_family
-from viscope.train.callbacks import ThroughputMeter, ValidateAtMaxSteps
 from viscope.train.data import DatasetArg, class_names, make_loader, resolve_splits, split_record
 from viscope.train.evaluate import evaluate
 from viscope.train.module import Classifier, check_hyperparameters
@@ -45,35 +45,18 @@ from viscope.train.run import (
     read_record,
     state_sha256,
 )
-
-#: Trainer arguments that change where or how fast a run goes, not what it computes;
-#: they are recorded but not compared when deciding whether a run folder matches.
-HARDWARE_ARGS = frozenset(
-    {
-        "accelerator",
-        "devices",
-        "num_nodes",
-        "strategy",
-        "enable_progress_bar",
-        "enable_model_summary",
-        "log_every_n_steps",
-        "default_root_dir",
-        "benchmark",
-        "num_sanity_val_steps",
-        "profiler",
-        "barebones",
-        "sync_batchnorm",
-    }
+from viscope.train.trainer import (
+    HARDWARE_ARGS,
+    TrainerParts,
+    as_list,
+    canonical_precision,
+    check_accelerator,
+    is_plain,
+    make_trainer,
+    quiet,
+    remove_checkpoints,
+    select_best,
 )
-#: Lightning's notes that fit's own set-up makes expected (resuming into a run folder,
-#: in-memory datasets without workers, small epochs); silenced during fit.
-_EXPECTED_WARNINGS = (
-    r".*exists and is not empty.*",
-    r".*does not have many workers.*",
-    r".*is smaller than the logging interval.*",
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-)
-_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
 
 
 def fit(
@@ -189,11 +172,11 @@ def fit(
         True
     """
     started = time.perf_counter()
-    extra_callbacks = _as_list(trainer_kwargs.pop("callbacks", None))
+    extra_callbacks = as_list(trainer_kwargs.pop("callbacks", None))
     extra_loggers = [
-        lg for lg in _as_list(trainer_kwargs.pop("logger", None)) if isinstance(lg, Logger)
+        lg for lg in as_list(trainer_kwargs.pop("logger", None)) if isinstance(lg, Logger)
     ]
-    _check_accelerator(accelerator)
+    check_accelerator(accelerator)
     _check_int("epochs", epochs, 1)
     _check_int("batch_size", batch_size, 1)
     _check_int("max_steps", max_steps, -1)
@@ -204,23 +187,19 @@ def fit(
     if family is not None:
         BatchAugment(family, augment_p)  # validates augment_p before any work
     data_seed = seed if data_seed is None else data_seed
-    splits = resolve_splits(dataset, image_size=image_size, n=n, seed=data_seed)
-    classes = class_names(splits)
+    splits, classes = _resolve_data(dataset, image_size, n, data_seed)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = _resolve_model(model, len(classes), model_kwargs)
-    spec = spec_of(model)
+    named = not isinstance(dataset, Mapping)  # a name or path: its size/n/seed make the data
     config = plain(
         {
-            "model": {"name": spec.name, "kwargs": spec.kwargs},  # type: ignore[union-attr]
+            "model": _model_record(model),
             "dataset": _dataset_label(dataset),
             "classes": classes,
-            "splits": {
-                s: split_record(part, image_shape=isinstance(dataset, Mapping))
-                for s, part in splits.items()
-            },
-            "image_size": None if isinstance(dataset, Mapping) else image_size,
-            "n": None if isinstance(dataset, Mapping) else n,
-            "data_seed": None if isinstance(dataset, Mapping) else data_seed,
+            "splits": {s: split_record(part, image_shape=not named) for s, part in splits.items()},
+            "image_size": image_size if named else None,
+            "n": n if named else None,
+            "data_seed": data_seed if named else None,
             "seed": seed,
             "augment": describe_family(family),
             "augment_p": float(augment_p) if family is not None else None,
@@ -234,70 +213,22 @@ def fit(
             "precision": canonical_precision(precision),
             "early_stop_patience": early_stop_patience,
             "trainer": {
-                k: v for k, v in trainer_kwargs.items() if k not in HARDWARE_ARGS and _is_plain(v)
+                k: v for k, v in trainer_kwargs.items() if k not in HARDWARE_ARGS and is_plain(v)
             },
         }
     )
-    out = Path(out)
-    resume = prepare_folder(out, config, overwrite)
-    if isinstance(resume, dict):
-        _load_best(model, out / BEST)
-        model.eval()
-        return TrainResult.from_record(out, resume, skipped=True, model=model)
-    is_zero = getattr(rank_zero_only, "rank", 0) == 0
-    record: dict[str, Any] = {
-        "status": "running",
-        "config": config,
-        "hardware": plain(
-            {
-                "accelerator": accelerator,
-                "devices": devices,
-                "num_workers": num_workers,
-                **{k: v for k, v in trainer_kwargs.items() if k in HARDWARE_ARGS and _is_plain(v)},
-            }
-        ),
-        "init_sha256": state_sha256(model),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "resumed_from": str(resume) if resume else None,
-    }
-    if is_zero:
-        atomic_write_json(out / RECORD, record)
-    previous = pd.read_csv(out / METRICS) if resume and (out / METRICS).is_file() else None
-
-    module = Classifier(
-        model,
-        len(classes),
-        lr=lr,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        augment=family,
-        augment_p=augment_p,
-        seed=seed,
+    run = _Run(Path(out), config, splits, classes, model, started)
+    skipped = _resume_or_skip(run, overwrite)
+    if skipped is not None:
+        return skipped
+    _start_record(run, hardware={"accelerator": accelerator, "devices": devices,
+                                 "num_workers": num_workers, **trainer_kwargs})
+    module = _build_module(
+        run, lr=lr, weight_decay=weight_decay, schedule=schedule, augment=family,
+        augment_p=augment_p, seed=seed,
     )
-    best = ModelCheckpoint(
-        dirpath=out / CHECKPOINTS,
-        filename="best-{epoch}",
-        monitor="val_acc",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-    )
-    meter = ThroughputMeter()
-    callbacks: list[Callback] = [best, meter, ValidateAtMaxSteps()]
-    if early_stop_patience is not None:
-        callbacks.append(EarlyStopping("val_loss", patience=early_stop_patience, mode="min"))
-    callbacks += extra_callbacks
-    loggers: list[Logger] = [CSVLogger(save_dir=out, name="", version="")]
-    if _tensorboard_available():
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=out, name="tensorboard", version=""))
-    loggers += extra_loggers
-
-    train_size = len(splits["train"])  # type: ignore[arg-type]
-    batches = max(1, train_size // batch_size)
     options: dict[str, Any] = {
-        "default_root_dir": out,
+        "default_root_dir": run.out,
         "max_epochs": epochs,
         "max_steps": max_steps,
         "accelerator": accelerator,
@@ -306,34 +237,130 @@ def fit(
         "enable_progress_bar": progress,
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
-        "log_every_n_steps": min(50, batches),
+        "log_every_n_steps": min(50, max(1, len(splits["train"]) // batch_size)),  # type: ignore[arg-type]
+        **trainer_kwargs,
     }
-    options.update(trainer_kwargs)
-    with _quiet():
-        trainer = _make_trainer(callbacks, loggers, options)
-        pin = trainer.strategy.root_device.type == "cuda"
-        train_loader = make_loader(
-            splits["train"],
-            batch_size,
-            shuffle_seed=seed,
-            drop_last=train_size > batch_size,
-            num_workers=num_workers,
-            pin_memory=pin,
+    with quiet():
+        parts = make_trainer(
+            run.out, monitor="val_acc", mode="max", early_stop_patience=early_stop_patience,
+            extra_callbacks=extra_callbacks, extra_loggers=extra_loggers, options=options,
         )
-        val_loader = make_loader(splits["val"], batch_size, num_workers=num_workers, pin_memory=pin)
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume or None)
-        best_val, best_epoch = _select_best(best, module)
+        best_val, best_epoch = _train(run, module, parts, batch_size, num_workers)
+    return _finish(run, parts, best_val, best_epoch, batch_size=batch_size,
+                   num_workers=num_workers, keep_checkpoints=keep_checkpoints)
 
+
+# -- the steps ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the steps of one ``fit`` call share: the folder, the data, the model, the
+    configuration compared on resume and the record written to ``train.json``."""
+
+    out: Path
+    config: dict[str, Any]
+    splits: dict[str, Dataset]
+    classes: list[str]
+    model: nn.Module
+    started: float
+    resume: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    previous: pd.DataFrame | None = None  # metrics.csv of the sessions before a resume
+
+
+def _resolve_data(
+    dataset: DatasetArg, image_size: int, n: int | None, data_seed: int
+) -> tuple[dict[str, Dataset], list[str]]:
+    """The train/val(/test) splits and their shared class names."""
+    splits = resolve_splits(dataset, image_size=image_size, n=n, seed=data_seed)
+    return splits, class_names(splits)
+
+
+def _resume_or_skip(run: _Run, overwrite: bool) -> TrainResult | None:
+    """The stored result of a finished run (the model gets its best weights), else
+    ``None`` with ``run.resume`` set to the checkpoint to resume from, if any."""
+    state = prepare_folder(run.out, run.config, overwrite)
+    if isinstance(state, dict):
+        _load_best(run.model, run.out / BEST)
+        run.model.eval()
+        return TrainResult.from_record(run.out, state, skipped=True, model=run.model)
+    run.resume = state
+    return None
+
+
+def _start_record(run: _Run, hardware: Mapping[str, Any]) -> None:
+    """Write ``train.json`` with status ``running`` (rank 0), keeping what a resumed run
+    needs: the metrics of its earlier sessions."""
+    run.record = {
+        "status": "running",
+        "config": run.config,
+        "hardware": plain(
+            {
+                k: v
+                for k, v in hardware.items()
+                if (k in HARDWARE_ARGS or k == "num_workers") and is_plain(v)
+            }
+        ),
+        "init_sha256": state_sha256(run.model),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": str(run.resume) if run.resume else None,
+    }
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        atomic_write_json(run.out / RECORD, run.record)
+    if run.resume and (run.out / METRICS).is_file():
+        run.previous = pd.read_csv(run.out / METRICS)
+
+
+def _build_module(run: _Run, **settings: Any) -> Classifier:
+    """The Lightning module that trains ``run.model``."""
+    return Classifier(run.model, len(run.classes), **settings)
+
+
+def _train(
+    run: _Run, module: Classifier, parts: TrainerParts, batch_size: int, num_workers: int
+) -> tuple[float, int]:
+    """Fit on the train split, validating every epoch; load the best epoch into the
+    module and return its (validation score, epoch)."""
+    trainer = parts.trainer
+    pin = trainer.strategy.root_device.type == "cuda"
+    train_size = len(run.splits["train"])  # type: ignore[arg-type]
+    train_loader = make_loader(
+        run.splits["train"],
+        batch_size,
+        shuffle_seed=int(run.config["seed"]),
+        drop_last=train_size > batch_size,
+        num_workers=num_workers,
+        pin_memory=pin,
+    )
+    val_loader = make_loader(run.splits["val"], batch_size, num_workers=num_workers, pin_memory=pin)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=run.resume or None)
+    return select_best(parts.best, module)
+
+
+def _finish(
+    run: _Run,
+    parts: TrainerParts,
+    best_val: float,
+    best_epoch: int,
+    *,
+    batch_size: int,
+    num_workers: int,
+    keep_checkpoints: bool,
+) -> TrainResult:
+    """Rank 0: merge the metrics, report test accuracy once, write ``best.pt`` and the
+    finished record; every rank: return the result with the best weights, in eval mode."""
+    trainer, out, model = parts.trainer, run.out, run.model
     if trainer.is_global_zero:
-        metrics = merge_metrics(previous, out / METRICS)
-        if previous is not None and not metrics.empty:
+        metrics = merge_metrics(run.previous, out / METRICS)
+        if run.previous is not None and not metrics.empty:
             atomic_write(out / METRICS, lambda p: metrics.to_csv(p, index=False))
         history = history_from_metrics(metrics)
         test_acc = None
-        if "test" in splits:
+        if "test" in run.splits:
             test_acc = evaluate(
                 model,
-                splits["test"],
+                run.splits["test"],
                 batch_size=max(batch_size, 256),
                 device=trainer.strategy.root_device,
                 num_workers=num_workers,
@@ -344,12 +371,11 @@ def fit(
             epoch=best_epoch,
             val_acc=best_val,
             test_acc=test_acc,
-            classes=classes,
-            augment=config["augment"],
-            seed=seed,
+            classes=run.classes,
+            augment=run.config["augment"],
+            seed=run.config["seed"],
         )
-        seconds = time.perf_counter() - started
-        record.update(
+        run.record.update(
             status="finished",
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             epochs_run=int(history["epoch"].max()) + 1 if len(history) else trainer.current_epoch,
@@ -357,91 +383,30 @@ def fit(
             best_epoch=best_epoch,
             best_val_acc=best_val,
             test_acc=test_acc,
-            seconds=seconds,
-            images_per_second=meter.images_per_second(),
+            seconds=time.perf_counter() - run.started,
+            images_per_second=parts.meter.images_per_second(),
             throughput_note="training images/s, first epoch excluded when several were run "
             "in this session; validation and checkpoint writing not counted",
             history=plain(history.to_dict("records")),
             environment=environment(),
         )
-        atomic_write_json(out / RECORD, record)
+        atomic_write_json(out / RECORD, run.record)
         if not keep_checkpoints:
-            _remove_checkpoints(out / CHECKPOINTS)
+            remove_checkpoints(out / CHECKPOINTS)
     trainer.strategy.barrier()
     final = read_record(out)
     if not trainer.is_global_zero:
         _load_best(model, out / BEST)
     model.eval()
-    return TrainResult.from_record(out, final or record, skipped=False, model=model)
+    return TrainResult.from_record(out, final or run.record, skipped=False, model=model)
 
 
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _check_accelerator(accelerator: Any) -> None:
-    """Refuse a CUDA accelerator where there is none, before any work or file is made.
-
-    Lightning would otherwise fail later, with a ``MisconfigurationException`` traceback.
-    """
-    if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ViscopeError(
-            f"accelerator={accelerator!r} but no GPU is available here; use "
-            "accelerator='cpu' (--accelerator cpu)."
-        )
-
-
-def _make_trainer(
-    callbacks: list[Callback], loggers: list[Logger], options: Mapping[str, Any]
-) -> pl.Trainer:
-    """``pl.Trainer``, with the settings Lightning rejects reported as a ViscopeError.
-
-    Raises:
-        ViscopeError: Lightning refused a trainer argument (``devices=0``, an unknown
-            ``strategy`` or ``accelerator``, ...); the message is Lightning's, on one line.
-    """
-    try:
-        return pl.Trainer(callbacks=callbacks, logger=loggers, **options)
-    except ViscopeError:
-        raise
-    except (MisconfigurationException, ValueError) as err:
-        message = " ".join(str(err).split())
-        raise ViscopeError(
-            f"Expected trainer settings that Lightning accepts; it refused them: {message} "
-            "Change the setting it names (accelerator, devices, strategy, precision, ...)."
-        ) from None
-
-
-def _select_best(best: ModelCheckpoint, module: Classifier) -> tuple[float, int]:
-    """Load the best validation epoch's weights into ``module``; return (val_acc, epoch).
-
-    Raises:
-        ViscopeError: validation never ran, so there is no model selected on it.
-    """
-    path = best.best_model_path
-    if not path or not Path(path).is_file() or best.best_model_score is None:
-        raise ViscopeError(
-            "Expected at least one validation epoch to select the model on; got none (was "
-            "limit_val_batches=0 or check_val_every_n_epoch larger than epochs passed?). "
-            "Let fit validate every epoch."
-        )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    module.load_state_dict(checkpoint["state_dict"])
-    return float(best.best_model_score), int(checkpoint["epoch"])
-
-
-#: Lightning's short precision names and the names they stand for (``"32"`` is ``"32-true"``).
-_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
-
-
-def canonical_precision(precision: str | int) -> str:
-    """Lightning's full name of a precision, so that aliases record the same run.
-
-    Example:
-        >>> canonical_precision(32), canonical_precision("bf16"), canonical_precision("16-true")
-        ('32-true', 'bf16-mixed', '16-true')
-    """
-    name = str(precision)
-    return _PRECISION_ALIASES.get(name, name)
+def _model_record(model: nn.Module) -> dict[str, Any]:
+    spec = spec_of(model)
+    return {"name": spec.name, "kwargs": spec.kwargs}  # type: ignore[union-attr]
 
 
 def _resolve_model(
@@ -486,48 +451,3 @@ def _dataset_label(dataset: DatasetArg) -> str:
 def _check_int(what: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ViscopeError(f"Expected {what} to be an int >= {minimum}; got {value!r}.")
-
-
-def _is_plain(value: Any) -> bool:
-    if isinstance(value, str | int | float | bool | type(None)):
-        return True
-    if isinstance(value, list | tuple):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None or isinstance(value, bool):
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _tensorboard_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
-
-
-def _remove_checkpoints(folder: Path) -> None:
-    if folder.is_dir():
-        for path in folder.glob("*.ckpt"):
-            path.unlink()
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Lightning's expected warnings and its info messages (hardware found, tips,
-    "max_epochs reached"); its warnings still show."""
-    levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
-    with warnings.catch_warnings():
-        for message in _EXPECTED_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        try:
-            for name in _LIGHTNING_LOGGERS:
-                logging.getLogger(name).setLevel(logging.WARNING)
-            yield
-        finally:
-            for name, level in levels.items():
-                logging.getLogger(name).setLevel(level)
