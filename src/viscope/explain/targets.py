@@ -3,7 +3,9 @@
 A target is one of:
 
 * ``None``: the class the model predicts for each image;
-* an ``int``: that class for every image; a sequence or 1-D tensor of ints: one per image;
+* an ``int`` (or a NumPy integer, a 0-d integer array or tensor): that class for every
+  image; a sequence, 1-D NumPy array or 1-D tensor of integers: one per image (fractional
+  values are refused, never truncated);
 * a callable ``f(outputs) -> (N,)``: a score per output row (shared by all images);
 * a list of callables, one per image, each ``f(output_row) -> scalar`` (pytorch-grad-cam's
   convention), for instance :class:`RegionTarget` for segmentation models.
@@ -17,14 +19,17 @@ A target is one of:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from viscope.errors import ViscopeError
 
-TargetArg = int | Sequence[int] | torch.Tensor | Callable | Sequence[Callable] | None
+TargetArg = int | Sequence[int] | torch.Tensor | np.ndarray | Callable | Sequence[Callable] | None
 
 
 class RegionTarget:
@@ -162,6 +167,9 @@ def _logits(outputs: torch.Tensor) -> torch.Tensor:
 def resolve_target(target: TargetArg, batch: int) -> Target:
     """Turn a user's ``target=`` into a :class:`Target` for ``batch`` images.
 
+    Class indices may be Python ints, NumPy integers or integer NumPy arrays and torch
+    tensors (0-d: one class for every image; 1-d: one per image), or a list of them.
+
     Args:
         target: see the module docstring.
         batch: the number of images.
@@ -170,26 +178,23 @@ def resolve_target(target: TargetArg, batch: int) -> Target:
         The resolved target.
 
     Raises:
-        ViscopeError: a list or tensor whose length is not ``batch``, or an unusable value.
+        ViscopeError: a list or tensor whose length is not ``batch``, a fractional, boolean
+            or multi-dimensional class index, or an unusable value.
+
+    Example:
+        >>> import numpy as np
+        >>> resolve_target(np.array([1, 3]), 2).classes.tolist()
+        [1, 3]
     """
     if target is None:
         return Target(batch)
-    if isinstance(target, bool):
-        raise ViscopeError(f"Expected a class index, a list of them or a callable; got {target!r}.")
-    if isinstance(target, int):
-        return Target(batch, classes=torch.full((batch,), target, dtype=torch.long))
-    if callable(target) and not isinstance(target, torch.Tensor):
+    if callable(target) and not isinstance(target, torch.Tensor | np.ndarray):
         return Target(batch, fn=target)
-    if isinstance(target, torch.Tensor):
-        if target.ndim == 0:
-            return resolve_target(int(target), batch)
-        if target.ndim != 1 or target.is_floating_point():
-            raise ViscopeError(
-                f"Expected a 1-D integer tensor of class indices; got dtype {target.dtype} and "
-                f"shape {tuple(target.shape)}. For a region of a segmentation output use "
-                "RegionTarget(category, mask)."
-            )
-        items: list = target.tolist()
+    if isinstance(target, torch.Tensor | np.ndarray | numbers.Number | np.bool_):
+        classes = class_indices(target)
+        if classes.ndim == 0:
+            return Target(batch, classes=classes.expand(batch).clone())
+        items: list = list(classes)
     else:
         try:
             items = list(target)
@@ -202,11 +207,47 @@ def resolve_target(target: TargetArg, batch: int) -> Target:
             f"Expected one target per image ({batch}); got {len(items)}. Pass an int to use "
             "one class for every image, or a list of length equal to the batch."
         )
-    if all(callable(t) for t in items):
+    if items and all(callable(t) for t in items):
         return Target(batch, per_image=items)
-    if all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-        return Target(batch, classes=torch.tensor(items, dtype=torch.long))
+    if any(callable(t) for t in items):
+        raise ViscopeError(
+            "Expected a list of class indices or of callables; got "
+            f"{[type(t).__name__ for t in items]}."
+        )
+    return Target(batch, classes=torch.stack([class_indices(t).reshape(()) for t in items])
+                  if items else torch.zeros(0, dtype=torch.long))
+
+
+def class_indices(value: object) -> torch.Tensor:
+    """``value`` as a 0-d or 1-d ``torch.long`` tensor of class indices.
+
+    Integers (Python, NumPy) and integer arrays or tensors pass; fractional, boolean or
+    multi-dimensional values are refused rather than truncated (``int(2.7)`` is 2).
+
+    Raises:
+        ViscopeError: a value that is not a 0-d or 1-d integer.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        return torch.tensor(int(value), dtype=torch.long)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu" and value.ndim <= 1:
+        return torch.from_numpy(value.astype(np.int64))
+    integer = isinstance(value, torch.Tensor) and not (
+        value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    if integer and value.ndim <= 1:
+        return value.detach().to("cpu", torch.long)
+    flat = isinstance(value, torch.Tensor | np.ndarray) and value.ndim > 1
+    fix = ("Pass one class per image as a 1-d array (e.g. labels.flatten())" if flat else
+           "Cast them to integers (e.g. labels.long()), or pass a callable target for other "
+           "scores")
     raise ViscopeError(
-        "Expected a list of class indices or of callables; got "
-        f"{[type(t).__name__ for t in items]}."
+        f"Expected integer class indices (an int, or a 0-d or 1-d integer array or tensor, "
+        f"one per image); got {_describe(value)}. {fix}."
     )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor | np.ndarray):
+        shape = tuple(value.shape)
+        shown = f" {value.tolist()!r}" if math.prod(shape) <= 8 else ""
+        return f"{type(value).__name__} of dtype {value.dtype} and shape {shape}{shown}"
+    return f"{value!r} ({type(value).__name__})"
