@@ -181,7 +181,7 @@ def test_several_transformations_one_folder_each_a_joint_table_and_resume(tmp_pa
 
 
 def test_transform_all_and_a_bad_name_in_a_list(tmp_path):
-    from viscope.cli import _families
+    from viscope.invariance.command import _families
     from viscope.transforms import list_transforms
 
     assert _families("all") == [t for t in list_transforms() if t != "identity"]
@@ -286,3 +286,27 @@ def test_cli_names_the_image_size_when_the_model_rejects_it(tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: The model failed on a batch of images of shape (1, 3, 31, 31)")
     assert "--image-size" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [
+    ["list", "layers"],
+    ["invariance", "--transform", "rotation", "--out", "{tmp}/inv"],
+    ["train", "--out", "{tmp}/train", "--n", "30"],
+    ["explain", "--out", "{tmp}/explain"],
+])
+def test_every_command_with_a_model_takes_pretrained(command, tmp_path, capsys, monkeypatch):
+    """--pretrained reaches viscope.models.create as pretrained=True on every command that
+    takes --model (as timm's scripts have it), beside --model-arg."""
+    from viscope import models
+    from viscope.errors import ViscopeError
+
+    def create(name, **kwargs):
+        raise ViscopeError(f"create({name!r}, {sorted(kwargs.items())})")
+
+    monkeypatch.setattr(models, "create", create)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    code, _, err = run([*args, "--model", "resnet18", "--pretrained", "--model-arg",
+                        "drop_rate=0.1"], capsys)
+    assert code == 2
+    assert "create('resnet18'," in err and "('pretrained', True)" in err
+    assert "('drop_rate', 0.1)" in err

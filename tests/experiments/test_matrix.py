@@ -190,7 +190,7 @@ def test_resume_recomputes_cells_whose_inputs_changed(tmp_path):
 
 
 def test_set_overrides_reach_model_entries_with_types():
-    from viscope.cli import _parse_kv
+    from viscope.cli_common import parse_kv as _parse_kv
 
     over = _parse_kv(["epochs=2", "lr=1e-3", "models.0.epochs=3", "models.1.lr=0.01",
                       "models.0.args.img_size=64"], "--set")

@@ -12,8 +12,9 @@ import yaml
 
 from viscope import data, models
 from viscope.errors import ViscopeError
-from viscope.explain import attribute, command
-from viscope.explain.command import MAX_OVERLAYS, explain_command
+from viscope.explain import attribute
+from viscope.explain import run as command
+from viscope.explain.run import MAX_OVERLAYS, explain_command
 
 
 def test_explain_command_from_checkpoint(tmp_path, capsys):

@@ -1,7 +1,14 @@
 """Studies that combine the jobs (resumable, one run folder each)."""
 
-from viscope.experiments.config import ALL_FAMILIES, MatrixConfig, ModelConfig, load_config
-from viscope.experiments.matrix import MatrixResult, run_matrix
+from viscope.lazy import attach
 
-__all__ = ["ALL_FAMILIES", "MatrixConfig", "MatrixResult", "ModelConfig", "load_config",
-           "run_matrix"]
+# imported on first use (viscope.lazy): `viscope --help` must not import torch
+_EXPORTS = {
+    "ALL_FAMILIES": "viscope.experiments.config",
+    "MatrixConfig": "viscope.experiments.config",
+    "ModelConfig": "viscope.experiments.config",
+    "load_config": "viscope.experiments.config",
+    "MatrixResult": "viscope.experiments.matrix",
+    "run_matrix": "viscope.experiments.matrix",
+}
+__all__ = attach(__name__, _EXPORTS)

@@ -8,45 +8,33 @@
 (torch.Size([2, 64, 64]), True)
 """
 
-from viscope.explain.api import METHODS, Method, attribute, list_methods, normalize_maps
-from viscope.explain.cam import (
-    CAM,
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from viscope.explain.layouts import LayerTap, auto_layer, to_grid
-from viscope.explain.perturbation import cbrise, perturbation_baseline, rise, rise_masks
-from viscope.explain.rollout import attention_rollout
-from viscope.explain.targets import RegionTarget, Target, resolve_target
+from viscope.lazy import attach
 
-__all__ = [
-    "CAM",
-    "METHODS",
-    "EigenCAM",
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "HiResCAM",
-    "LayerCAM",
-    "LayerTap",
-    "Method",
-    "RegionTarget",
-    "ScoreCAM",
-    "Target",
-    "XGradCAM",
-    "attention_rollout",
-    "attribute",
-    "auto_layer",
-    "cbrise",
-    "list_methods",
-    "normalize_maps",
-    "perturbation_baseline",
-    "resolve_target",
-    "rise",
-    "rise_masks",
-    "to_grid",
-]
+# imported on first use (viscope.lazy): `viscope --help` must not import torch
+_EXPORTS = {
+    "METHODS": "viscope.explain.api",
+    "Method": "viscope.explain.api",
+    "attribute": "viscope.explain.api",
+    "list_methods": "viscope.explain.api",
+    "normalize_maps": "viscope.explain.api",
+    "CAM": "viscope.explain.cam",
+    "EigenCAM": "viscope.explain.cam",
+    "GradCAM": "viscope.explain.cam",
+    "GradCAMPlusPlus": "viscope.explain.cam",
+    "HiResCAM": "viscope.explain.cam",
+    "LayerCAM": "viscope.explain.cam",
+    "ScoreCAM": "viscope.explain.cam",
+    "XGradCAM": "viscope.explain.cam",
+    "LayerTap": "viscope.explain.layouts",
+    "auto_layer": "viscope.explain.layouts",
+    "to_grid": "viscope.explain.layouts",
+    "cbrise": "viscope.explain.perturbation",
+    "perturbation_baseline": "viscope.explain.perturbation",
+    "rise": "viscope.explain.perturbation",
+    "rise_masks": "viscope.explain.perturbation",
+    "attention_rollout": "viscope.explain.rollout",
+    "RegionTarget": "viscope.explain.targets",
+    "Target": "viscope.explain.targets",
+    "resolve_target": "viscope.explain.targets",
+}
+__all__ = attach(__name__, _EXPORTS)

@@ -1,4 +1,5 @@
-"""``explain_command``: what ``viscope explain`` does, as a function that writes a run folder.
+"""``explain_command``: what ``viscope explain`` does, as a function that writes a run folder
+(its command-line options are in :mod:`viscope.explain.command`).
 
 The folder holds ``maps.npz`` (one (N, H, W) array per method, plus ``images``, ``labels``,
 ``indices`` and ``masks``), ``metrics.csv`` (one row per image x method),

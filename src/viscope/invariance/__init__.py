@@ -5,19 +5,18 @@
 True
 """
 
-from viscope.invariance.engine import measure
-from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions, list_measures
-from viscope.invariance.result import InvarianceResult, plot_results
-from viscope.invariance.stats import Moments, safe_divide
+from viscope.lazy import attach
 
-__all__ = [
-    "MEASURES",
-    "InvarianceResult",
-    "LayerState",
-    "MeasureOptions",
-    "Moments",
-    "list_measures",
-    "measure",
-    "plot_results",
-    "safe_divide",
-]
+# imported on first use (viscope.lazy): `viscope --help` must not import torch
+_EXPORTS = {
+    "measure": "viscope.invariance.engine",
+    "MEASURES": "viscope.invariance.measures",
+    "LayerState": "viscope.invariance.measures",
+    "MeasureOptions": "viscope.invariance.measures",
+    "list_measures": "viscope.invariance.measures",
+    "InvarianceResult": "viscope.invariance.result",
+    "plot_results": "viscope.invariance.result",
+    "Moments": "viscope.invariance.stats",
+    "safe_divide": "viscope.invariance.stats",
+}
+__all__ = attach(__name__, _EXPORTS)

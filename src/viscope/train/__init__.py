@@ -19,26 +19,22 @@ True
 True
 """
 
-from viscope.train.augment import BatchAugment, describe_family, resolve_family
-from viscope.train.callbacks import ThroughputMeter
-from viscope.train.data import EpochShuffleSampler, collate, make_loader, resolve_splits
-from viscope.train.evaluate import evaluate
-from viscope.train.fit import fit
-from viscope.train.module import Classifier, make_optimizer
-from viscope.train.run import TrainResult
+from viscope.lazy import attach
 
-__all__ = [
-    "BatchAugment",
-    "Classifier",
-    "EpochShuffleSampler",
-    "ThroughputMeter",
-    "TrainResult",
-    "collate",
-    "describe_family",
-    "evaluate",
-    "fit",
-    "make_loader",
-    "make_optimizer",
-    "resolve_family",
-    "resolve_splits",
-]
+# imported on first use (viscope.lazy): `viscope --help` must not import torch
+_EXPORTS = {
+    "BatchAugment": "viscope.train.augment",
+    "describe_family": "viscope.train.augment",
+    "resolve_family": "viscope.train.augment",
+    "ThroughputMeter": "viscope.train.callbacks",
+    "EpochShuffleSampler": "viscope.train.data",
+    "collate": "viscope.train.data",
+    "make_loader": "viscope.train.data",
+    "resolve_splits": "viscope.train.data",
+    "evaluate": "viscope.train.evaluate",
+    "fit": "viscope.train.fit",
+    "Classifier": "viscope.train.module",
+    "make_optimizer": "viscope.train.module",
+    "TrainResult": "viscope.train.run",
+}
+__all__ = attach(__name__, _EXPORTS)
