@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from viscope.activations import capture
 from viscope.errors import ViscopeError
 from viscope.models import (
     create,
@@ -137,10 +138,19 @@ class _Unused(nn.Module):
 
 
 def test_call_order_counts_and_unused_modules() -> None:
-    info = {i.name: i for i in layers(create("torchvision:resnet18"), (3, 32, 32))}
-    # torchvision's BasicBlock applies its one ReLU module twice.
-    assert info["layer1.0.relu"].calls == 2
-    assert info["layer1.0.conv1"].calls == 1
+    order = layers(create("torchvision:resnet18"), (3, 32, 32))
+    info = {i.name: i for i in order}
+    # torchvision's BasicBlock applies its one ReLU module twice: one entry per call, in
+    # the order the calls run (after bn1, then after the residual sum).
+    assert "layer1.0.relu" not in info
+    assert info["layer1.0.relu@0"].calls == info["layer1.0.relu@1"].calls == 2
+    assert info["layer1.0.relu@1"].module == "layer1.0.relu"
+    names = [i.name for i in order]
+    assert names.index("layer1.0.bn1") < names.index("layer1.0.relu@0")
+    assert names.index("layer1.0.relu@0") < names.index("layer1.0.conv2")
+    assert names.index("layer1.0.bn2") < names.index("layer1.0.relu@1")
+    assert names.index("layer1.0.relu@1") < names.index("layer1.1")
+    assert info["layer1.0.conv1"].calls == 1 and info["relu"].calls == 1
     assert info["layer2.0.downsample"].output_shape == (128, 4, 4)
     order = layers(_Unused(), (3, 4, 4))
     assert [i.name for i in order] == ["early", "late", "unused"]
@@ -245,3 +255,77 @@ def test_fastervit_windowed_modules_are_not_per_sample() -> None:
     # Blocks return tuples; levels return feature maps.
     assert not info["levels.0.blocks.0"].per_sample
     assert info["levels.2"].output_shape == (128, 2, 2) and info["levels.2"].per_sample
+
+
+# -- modules that run several times: addressed per call (``name@k``) ------------------------
+
+SIZE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def tv_resnet() -> nn.Module:
+    return create("torchvision:resnet18", num_classes=3)
+
+
+def reused_block_resnet() -> nn.Module:
+    """timm's resnet18 with ``layer1.1`` replaced by ``layer1.0`` (weights shared): the
+    block runs twice per forward pass, and ``named_modules`` lists it once."""
+    model = create("resnet18", num_classes=3)
+    net = unwrap(model)
+    net.layer1[1] = net.layer1[0]
+    return model
+
+
+def test_a_call_address_selects_that_call(tv_resnet: nn.Module) -> None:
+    # The tap's own refusal tells the user to pass 'layer1.0.relu@0'; it must be accepted.
+    assert select_layers(tv_resnet, "layer1.0.relu@1", input_size=SIZE) == ["layer1.0.relu@1"]
+    picked = select_layers(tv_resnet, ["layer1.0.relu@1", "layer1.0.relu@0", "layer1.0.conv1"],
+                           input_size=SIZE)
+    assert picked == ["layer1.0.conv1", "layer1.0.relu@0", "layer1.0.relu@1"]
+    assert select_layers(tv_resnet, "layer*.0.relu@1", input_size=SIZE) == [
+        f"layer{i}.0.relu@1" for i in range(1, 5)]
+
+
+def test_a_glob_or_name_that_reaches_a_reused_module_gives_each_call(tv_resnet) -> None:
+    assert select_layers(tv_resnet, "layer1.0.*", input_size=SIZE) == [
+        "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu@0", "layer1.0.relu@1",
+        "layer1.0.conv2", "layer1.0.bn2"]
+    # A plain name is a pattern like any other: every call of the module, in order.
+    assert select_layers(tv_resnet, "layer1.0.relu", input_size=SIZE) == [
+        "layer1.0.relu@0", "layer1.0.relu@1"]
+    assert select_layers(tv_resnet, "relu", input_size=SIZE) == ["relu"]  # runs once
+    # Every selected address is one the tap accepts: capture() refuses none of them.
+    names = select_layers(tv_resnet, "layer1.*.*", input_size=SIZE)
+    acts, records = capture(tv_resnet, torch.rand(2, *SIZE), names)
+    assert set(acts) == set(names) and all(r.captured for r in records.values())
+
+
+def test_a_call_that_never_happens_is_refused_with_the_calls_listed(tv_resnet) -> None:
+    with pytest.raises(ViscopeError, match=r"got 'layer1\.0\.relu@2'.*runs 2 times.*"
+                       r"'layer1\.0\.relu@0', 'layer1\.0\.relu@1'"):
+        select_layers(tv_resnet, "layer1.0.relu@2", input_size=SIZE)
+    with pytest.raises(ViscopeError, match=r"got 'layer1\.0\.conv1@1'.*runs once.*"
+                       r"'layer1\.0\.conv1'"):
+        select_layers(tv_resnet, "layer1.0.conv1@1", input_size=SIZE)
+    with pytest.raises(ViscopeError, match=r"got 'layer1\.0\.rleu@1'\. Did you mean "
+                       r"'layer1\.0\.relu@1'"):
+        select_layers(tv_resnet, "layer1.0.rleu@1", input_size=SIZE)
+
+
+def test_defaults_of_a_model_with_a_reused_block_give_each_call() -> None:
+    model = reused_block_resnet()
+    defaults = default_layers(model, SIZE)
+    assert defaults[:3] == ["layer1.0@0", "layer1.0@1", "layer2.0"]
+    acts, _ = capture(model, torch.rand(2, *SIZE), defaults)  # nothing refused
+    assert set(acts) == set(defaults)
+
+
+def test_list_layers_cli_shows_and_filters_each_call(capsys) -> None:
+    from viscope.cli import main
+
+    main(["list", "layers", "--model", "torchvision:resnet18", "--pattern", "layer1.0.relu@1"])
+    out = capsys.readouterr().out
+    assert "layer1.0.relu@1" in out and "layer1.0.relu@0" not in out
+    main(["list", "layers", "--model", "torchvision:resnet18", "--pattern", "layer1.0.*"])
+    out = capsys.readouterr().out
+    assert "layer1.0.relu@0" in out and "layer1.0.relu@1" in out and "layer1.0.bn2" in out

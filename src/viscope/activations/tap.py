@@ -22,7 +22,6 @@ Correctness rules that the reference library tmeasures does not follow:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -31,10 +30,10 @@ from torch import nn
 
 from viscope.activations.layout import layout_4d
 from viscope.errors import ViscopeError
+from viscope.models.patterns import parse_layer
 from viscope.models.tokens import patch_grid, prefix_tokens
 
 Callback = Callable[[str, torch.Tensor], None]
-_CALL = re.compile(r"^(?P<name>.*?)@(?P<call>\d+)$")
 TOKEN_POLICIES = ("all", "patch", "prefix")
 
 
@@ -58,12 +57,6 @@ class LayerRecord:
 class _Spec:
     record: LayerRecord
     module: nn.Module
-
-
-def parse_layer(name: str) -> tuple[str, int | None]:
-    """Split ``"blocks.0@1"`` into ``("blocks.0", 1)``; plain names give ``(name, None)``."""
-    m = _CALL.match(name)
-    return (m["name"], int(m["call"])) if m else (name, None)
 
 
 def _net(model: nn.Module) -> nn.Module:

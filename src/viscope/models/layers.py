@@ -1,29 +1,30 @@
-"""Layer discovery: which modules a model has, what they output, and glob selection.
+"""Layer discovery: which modules a model has, what each call outputs, and selection.
 
-Layers are the network's own module names (``blocks.0``, ``layer4.1.bn2``), never with a
-wrapper prefix. Patterns are globs per dot-separated segment: ``*`` stays inside one
-segment, ``**`` spans any number of segments.
+Layers are addressed by the network's own module names with glob patterns, and a module
+that runs several times in one forward pass by call (``layer1.0.relu@1``; see
+:mod:`viscope.models.patterns`). Which modules run how often is learnt from one dry
+forward pass (:func:`layers`), at the image size that will be measured.
 
->>> match_layer("blocks.0", "blocks.*"), match_layer("blocks.0.attn", "blocks.*")
-(True, False)
->>> match_layer("blocks.0.attn", "blocks.**"), match_layer("layer1.0", "layer*.*")
-(True, True)
+>>> from viscope.models import create
+>>> net = create("torchvision:resnet18")
+>>> select_layers(net, "layer1.0.relu", input_size=(3, 32, 32))  # runs twice per block
+['layer1.0.relu@0', 'layer1.0.relu@1']
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
 from torch import nn
 
-from viscope.errors import ViscopeError, suggest
-from viscope.models.fastervit_models import is_fastervit, windowed_modules
+from viscope.errors import ViscopeError
+from viscope.models.defaults import defaults, family_patterns
+from viscope.models.fastervit_models import windowed_modules
+from viscope.models.patterns import GLOB, address, match_layer, parse_layer, repair_pattern
 from viscope.models.wrapper import spec_of, unwrap
 
 DRY_BATCH = 2
@@ -31,16 +32,22 @@ DRY_BATCH = 2
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One addressable module and what it produced in a dry forward pass.
+    """One addressable layer (a module, or one call of a module that runs several times)
+    and what it produced in a dry forward pass.
 
     Attributes:
-        name: the module's name in the network (``"blocks.0"``).
-        type: its class name (``"Block"``).
-        output_shape: the shape of its output without dim 0 (of the first tensor when it
-            returns a tuple/list); ``None`` when it was not called or returned no tensor.
-        calls: how many times it ran in one forward pass (0: unused; >1: shared).
-        per_sample: its output is one tensor whose dim 0 is the sample, so it can be
-            captured as is; False for tuples, window-partitioned or token-flattened outputs.
+        name: its address: the module's name in the network (``"blocks.0"``), with
+            ``@k`` for the k-th call of a module that runs several times
+            (``"layer1.0.relu@1"``).
+        type: the module's class name (``"Block"``).
+        output_shape: the shape of this call's output without dim 0 (of the first tensor
+            when it returns a tuple/list); ``None`` when it was not called or returned no
+            tensor.
+        calls: how many times the module ran in one forward pass (0: unused; >1: shared,
+            one entry per call).
+        per_sample: this call's output is one tensor whose dim 0 is the sample, so it can
+            be captured as is; False for tuples, window-partitioned or token-flattened
+            outputs.
     """
 
     name: str
@@ -48,6 +55,11 @@ class LayerInfo:
     output_shape: tuple[int, ...] | None
     calls: int
     per_sample: bool
+
+    @property
+    def module(self) -> str:
+        """The module's name, without the call index."""
+        return parse_layer(self.name)[0]
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
@@ -75,7 +87,7 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
 def layers(
     model: nn.Module, input_size: Sequence[int] | None = None, *, batch: int = DRY_BATCH
 ) -> list[LayerInfo]:
-    """List a model's modules in the order they run, with their output shapes.
+    """List a model's addressable layers in the order they run, with their output shapes.
 
     One forward pass of zeros under ``torch.no_grad`` in eval mode; the hooks live only
     for that call (removed in ``finally``) and each module's train/eval mode is restored.
@@ -86,8 +98,9 @@ def layers(
         batch: the dry batch size (>= 2, so that dim 0 can be told from a size-1 axis).
 
     Returns:
-        One :class:`LayerInfo` per named module of the network (root excluded), in the
-        order of their first call; modules never called come last, in definition order.
+        One :class:`LayerInfo` per named module of the network (root excluded), and one
+        per call (``name@0``, ``name@1``, ...) of a module that runs several times, in
+        the order the calls start; modules never called come last, in definition order.
 
     Raises:
         ViscopeError: the model fails on an input of that size, or ``batch`` < 2.
@@ -103,20 +116,20 @@ def layers(
     size = tuple(input_size) if input_size is not None else default_input_size(model)
     net = unwrap(model)
     named = [(n, m) for n, m in net.named_modules() if n]
-    first_call: dict[str, int] = {}
+    started: list[tuple[str, int]] = []  # (module, call index) as each call starts
     calls: dict[str, int] = {}
-    outputs: dict[str, Any] = {}
+    outputs: dict[str, list[tuple[tuple[int, ...] | None, bool]]] = {}
 
     def pre_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
-            first_call.setdefault(name, len(first_call))
+            started.append((name, calls.get(name, 0)))
             calls[name] = calls.get(name, 0) + 1
 
         return hook
 
     def post_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            outputs.setdefault(name, _describe(output))
+            outputs.setdefault(name, []).append(_describe(output))
 
         return hook
 
@@ -146,17 +159,16 @@ def layers(
         for module, mode in modes.items():
             module.training = mode
     windowed = windowed_modules(net)
-    order = {n: i for i, (n, _) in enumerate(named)}
-    named.sort(
-        key=lambda item: (item[0] not in first_call, first_call.get(item[0], order[item[0]]))
-    )
+    modules = dict(named)
+    unused = [(n, 0) for n in modules if n not in calls]
     result = []
-    for name, module in named:
-        shape, is_tensor = outputs.get(name, (None, False))
+    for name, k in [*started, *unused]:
+        done = outputs.get(name, [])
+        shape, is_tensor = done[k] if k < len(done) else (None, False)
         result.append(
             LayerInfo(
-                name=name,
-                type=type(module).__name__,
+                name=address(name, k if calls.get(name, 0) > 1 else None),
+                type=type(modules[name]).__name__,
                 output_shape=shape[1:] if shape is not None else None,
                 calls=calls.get(name, 0),
                 per_sample=(
@@ -167,35 +179,39 @@ def layers(
     return result
 
 
-def match_layer(name: str, pattern: str) -> bool:
-    """Whether module ``name`` matches glob ``pattern``, segment by segment.
+def select_layers(
+    model: nn.Module,
+    patterns: str | Sequence[str] | None = None,
+    *,
+    input_size: Sequence[int] | None = None,
+) -> list[str]:
+    """Resolve layer patterns to layer addresses, in network order.
 
-    Args:
-        name: a dotted module name.
-        pattern: a glob; ``*``, ``?`` and ``[...]`` stay within one segment, a ``**``
-            segment matches zero or more segments.
-
-    Returns:
-        True when it matches.
-    """
-    return _match(name.split("."), pattern.split("."))
-
-
-def select_layers(model: nn.Module, patterns: str | Sequence[str] | None = None) -> list[str]:
-    """Resolve layer patterns to module names, in network order.
+    A pattern (a glob or a plain name) that reaches a module running several times in one
+    forward pass gives every call of it (``layer1.0.relu@0``, ``layer1.0.relu@1``): the
+    calls are different activations, and measuring them mixed would be wrong. A pattern
+    ending in ``@k`` gives the k-th call of each module it matches. Which modules run how
+    often comes from one dry forward pass (:func:`layers`) at ``input_size``; where that
+    pass fails, patterns resolve to module names as written and the tap refuses a
+    reused module when it runs.
 
     Args:
         model: a model (wrapped or not).
         patterns: a glob or a list of globs on the network's module names
-            (``"blocks.*"``, ``"layer*.*"``, ``"stages.*.blocks.*"``); ``None`` or
-            ``"default"`` (also inside a list) stands for :func:`default_layers`.
+            (``"blocks.*"``, ``"layer*.*"``, ``"stages.*.blocks.*"``), each optionally
+            with ``@k``; ``None`` or ``"default"`` (also inside a list) stands for
+            :func:`default_layers`.
+        input_size: (C, H, W) of the images that will be measured, for the dry pass;
+            ``None``: the model's own (:func:`default_input_size`).
 
     Returns:
-        The matching module names, each once, in ``named_modules`` order.
+        The addresses, each once, in ``named_modules`` order (the calls of one module
+        in the order they run).
 
     Raises:
-        ViscopeError: a pattern matches no module; the message suggests the closest
-            pattern (for a glob) or names, and shows what names look like.
+        ViscopeError: a pattern matches no module (the message suggests the closest
+            pattern or names), or ``@k`` names a call that does not happen (the message
+            lists the calls that do).
 
     Example:
         >>> from viscope.models import create
@@ -208,16 +224,31 @@ def select_layers(model: nn.Module, patterns: str | Sequence[str] | None = None)
         patterns = [patterns]
     net = unwrap(model)
     names = [n for n, _ in net.named_modules() if n]
+    infos = _dry_run(model, input_size)
+    calls = {i.module: i.calls for i in infos} if infos is not None else {}
     chosen: set[str] = set()
     for pattern in patterns:
         if pattern == "default":
-            chosen.update(default_layers(model))
+            chosen.update(defaults(net, names, infos))
             continue
-        hits = [n for n in names if match_layer(n, pattern)]
+        base, call = parse_layer(pattern)
+        hits = [n for n in names if match_layer(n, base)]
         if not hits:
-            raise ViscopeError(_no_match_message(model, pattern, names))
-        chosen.update(hits)
-    return [n for n in names if n in chosen]
+            raise ViscopeError(_no_match_message(model, base, names, pattern))
+        if call is None:
+            chosen.update(a for n in hits for a in _addresses(n, calls.get(n)))
+            continue
+        ran = [n for n in hits if calls.get(n) is None or calls[n] > call]
+        if not ran:
+            raise ViscopeError(_no_call_message(pattern, hits, calls, input_size, model))
+        chosen.update(address(n, call) for n in ran)
+    order = {n: i for i, n in enumerate(names)}
+
+    def rank(layer: str) -> tuple[int, int]:
+        module, k = parse_layer(layer)
+        return order[module], -1 if k is None else k
+
+    return sorted(chosen, key=rank)
 
 
 def default_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> list[str]:
@@ -227,66 +258,66 @@ def default_layers(model: nn.Module, input_size: Sequence[int] | None = None) ->
     ``blocks.*.*`` (every block). ResNet (timm, torchvision): ``layer*.*``. ConvNeXt:
     ``stages.*.blocks.*``. FasterViT: ``patch_embed`` and ``levels.*`` (its blocks are
     window-partitioned or return tuples). Otherwise timm's ``feature_info`` modules, else
-    the Conv2d/Linear leaves, keeping only those a dry forward pass shows per sample.
+    the Conv2d/Linear leaves. One dry forward pass at ``input_size`` then keeps only what
+    the tap measures: a module that runs several times gives each of its calls
+    (``name@k``), and calls whose output is not one tensor per sample, or modules that
+    never run, are left out (where the pass fails, the candidates are kept as they are).
 
     Args:
         model: a model (wrapped or not).
-        input_size: (C, H, W) for the dry pass of the fallback; ``None``: the model's own.
+        input_size: (C, H, W) of the images that will be measured, for the dry pass;
+            ``None``: the model's own (:func:`default_input_size`).
 
     Returns:
-        Module names in network order.
+        Layer addresses in network order.
     """
     net = unwrap(model)
     names = [n for n, _ in net.named_modules() if n]
-    family = _family_patterns(net)
-    if family is not None:
-        return [n for n in names if any(match_layer(n, p) for p in family)]
-    info = getattr(net, "feature_info", None)
-    candidates: list[str] = []
-    if info is not None:
-        try:
-            wanted = (
-                {f["module"] for f in info} if isinstance(info, list) else set(info.module_name())
-            )
-        except (TypeError, KeyError, AttributeError):
-            wanted = set()
-        candidates = [n for n in names if n in wanted]
-    if not candidates:
-        candidates = [
-            n for n, m in net.named_modules() if n and isinstance(m, nn.Conv2d | nn.Linear)
-        ]
+    return defaults(net, names, _dry_run(model, input_size))
+
+
+def _dry_run(model: nn.Module, input_size: Sequence[int] | None) -> list[LayerInfo] | None:
+    """:func:`layers` at ``input_size``, or ``None`` where the model fails on it (the
+    measurement's own first forward pass then says why, with its own advice)."""
     try:
-        ok = {i.name for i in layers(model, input_size) if i.per_sample}
+        return layers(model, input_size)
     except ViscopeError:
-        return candidates
-    return [n for n in candidates if n in ok]
+        return None
 
 
-def _family_patterns(net: nn.Module) -> list[str] | None:
-    if is_fastervit(net):
-        return ["patch_embed", "levels.*"]
-    from timm.models.beit import Beit
-    from timm.models.convnext import ConvNeXt
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.eva import Eva
-    from timm.models.resnet import ResNet as TimmResNet
-    from timm.models.vision_transformer import VisionTransformer
-    from torchvision.models import ResNet as TorchvisionResNet
-
-    if isinstance(net, VisionTransformer | Eva | Beit):
-        return ["blocks.*"]
-    if isinstance(net, EfficientNet):
-        return ["blocks.*.*"]
-    if isinstance(net, TimmResNet | TorchvisionResNet):
-        return ["layer*.*"]
-    if isinstance(net, ConvNeXt):
-        return ["stages.*.blocks.*"]
-    return None
+def _addresses(module: str, calls: int | None) -> list[str]:
+    """Every call of ``module``: its plain name unless it runs several times."""
+    return [module] if not calls or calls == 1 else [address(module, k) for k in range(calls)]
 
 
-def _no_match_message(model: nn.Module, pattern: str, names: list[str]) -> str:
+def _no_call_message(pattern: str, hits: list[str], calls: dict[str, int],
+                     input_size: Sequence[int] | None, model: nn.Module) -> str:
+    module = hits[0]
+    ran = calls.get(module, 0)
+    size = tuple(input_size) if input_size is not None else default_input_size(model)
+    if len(hits) > 1:
+        what = f"none of the {len(hits)} modules it matches (e.g. {module!r}) runs that often"
+    else:
+        what = f"module {module!r} runs {_times(ran)}"
+    where = _addresses(module, ran)
+    fix = (f"Address one of: {', '.join(map(repr, where))}" if ran > 1
+           else f"Address it as {where[0]!r}" if ran == 1
+           else "Choose a module that runs (see `viscope list layers`)")
+    return (f"Expected a call that happens in one forward pass of images {size}; got "
+            f"{pattern!r}, but {what}. {fix}.")
+
+
+def _times(n: int) -> str:
+    return {0: "never", 1: "once", 2: "2 times"}.get(n, f"{n} times")
+
+
+def _no_match_message(model: nn.Module, pattern: str, names: list[str],
+                      given: str | None = None) -> str:
+    """``pattern`` (the module part of ``given``, which may end in ``@k``) matches no name:
+    say so, with the pattern or names meant (keeping ``@k``) and what names look like."""
     net = unwrap(model)
-    family = _family_patterns(net)
+    call = given[len(pattern):] if given is not None else ""
+    family = family_patterns(net)
     examples = (
         [n for n in names if any(match_layer(n, p) for p in family)]
         if family
@@ -295,72 +326,14 @@ def _no_match_message(model: nn.Module, pattern: str, names: list[str]) -> str:
     spec = spec_of(model)
     model_arg = spec.name if spec is not None else "..."
     # A glob stands for many layers: suggest the glob the user meant rather than one name.
-    repaired = repair_pattern(pattern, names) if _GLOB.search(pattern) else None
-    hint = f" Did you mean {repaired!r}?" if repaired else suggest(pattern, names)
+    repaired = repair_pattern(pattern, names) if GLOB.search(pattern) else None
+    close = [repaired] if repaired else difflib.get_close_matches(pattern, names, 3, 0.5)
+    hint = f" Did you mean {' or '.join(repr(c + call) for c in close)}?" if close else ""
     return (
         f"Expected layer pattern to match a module of {type(net).__name__}; got "
-        f"{pattern!r}.{hint} Layers look like: "
+        f"{pattern + call!r}.{hint} Layers look like: "
         f"{', '.join(examples)}, ... (see `viscope list layers --model {model_arg}`)."
     )
-
-
-_GLOB = re.compile(r"[*?\[]")
-
-
-def repair_pattern(pattern: str, names: Sequence[str]) -> str | None:
-    """The pattern closest to ``pattern`` that matches some of ``names``, or ``None``.
-
-    Segment by segment, a segment that matches none of the names' segments at that depth
-    (under the segments fixed so far) is replaced by the closest of them; a glob segment
-    may also become one of them with its numbers made ``*`` (``layers*`` -> ``layer*``).
-    Segments that match stay as they are, globs included.
-
-    Args:
-        pattern: a layer pattern that matches no name.
-        names: dotted module names.
-
-    Returns:
-        The repaired pattern, or ``None`` when no segment-wise repair matches a name.
-
-    Example:
-        >>> names = ["blocks", "blocks.0", "blocks.1", "norm"]
-        >>> repair_pattern("block.*", names), repair_pattern("blocks.?.attn", names)
-        ('blocks.*', None)
-    """
-    split = [n.split(".") for n in names]
-    # (name, depth) pairs that the segments fixed so far lead to.
-    states = {(i, 0) for i in range(len(split))}
-    fixed = []
-    for pat in pattern.split("."):
-        if pat == "**":
-            states = {(i, d) for i, q in states for d in range(q, len(split[i]) + 1)}
-            fixed.append(pat)
-            continue
-        here = {split[i][d] for i, d in states if d < len(split[i])}
-        if not any(fnmatchcase(seg, pat) for seg in here):
-            choices = set(here)
-            if _GLOB.search(pat):
-                choices |= {re.sub(r"\d+", "*", seg) for seg in here}
-            close = difflib.get_close_matches(pat, sorted(choices), n=1, cutoff=0.5)
-            if not close:
-                return None
-            pat = close[0]
-        fixed.append(pat)
-        states = {
-            (i, d + 1) for i, d in states if d < len(split[i]) and fnmatchcase(split[i][d], pat)
-        }
-    repaired = ".".join(fixed)
-    if repaired == pattern or not any(match_layer(n, repaired) for n in names):
-        return None
-    return repaired
-
-
-def _match(parts: list[str], pats: list[str]) -> bool:
-    if not pats:
-        return not parts
-    if pats[0] == "**":
-        return any(_match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], pats[0]) and _match(parts[1:], pats[1:])
 
 
 def _describe(output: Any) -> tuple[tuple[int, ...] | None, bool]:
