@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from viscope.errors import ViscopeError
+from viscope.explain.inputs import channel_check, prepare_images
 from viscope.explain.targets import Target, TargetArg, resolve_target
 
 
@@ -20,6 +23,15 @@ def check_finite(maps: torch.Tensor) -> None:
             "values. Recompute them (e.g. with the model in float32) or replace the values "
             "with torch.nan_to_num(maps)."
         )
+
+
+def check_inputs(
+    model: Callable[..., Any], images: object, maps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images checked and cast to the model's dtype
+    (:func:`~viscope.explain.inputs.prepare_images`), and the maps (:func:`check_maps`)."""
+    images = prepare_images(model, images)
+    return images, check_maps(images, maps)
 
 
 def check_maps(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
@@ -70,12 +82,13 @@ def target_of(model: nn.Module, images: torch.Tensor, target: TargetArg) -> Targ
             "is random, so the metric depends on the batch. Call model.eval() first.",
             UserWarning, stacklevel=3,
         )
-    return resolve_target(target, images.shape[0]).fix(model, images)
+    with channel_check(model):
+        return resolve_target(target, images.shape[0]).fix(model, images)
 
 
 def scores(model: nn.Module, inputs: torch.Tensor, target: Target, prob: bool) -> torch.Tensor:
     """One forward pass of a whole perturbed batch (row b is image b); (B,) scores."""
-    with torch.no_grad():
+    with torch.no_grad(), channel_check(model):
         return target.score(model(inputs), prob=prob)
 
 

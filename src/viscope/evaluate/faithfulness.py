@@ -2,7 +2,8 @@
 al., 2022) and PEDS (pixel erosion/dilation score).
 
 Every metric runs one forward pass per perturbation step for the whole batch and returns
-one value per image; class targets are scored as softmax probabilities.
+one value per image; class targets are scored as softmax probabilities. Images are checked
+and cast to the model's floating dtype as in :func:`viscope.explain.attribute`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from viscope.errors import ViscopeError
-from viscope.evaluate._common import check_maps, ranks, scores, target_of, trapezoid
+from viscope.evaluate._common import check_inputs, ranks, scores, target_of, trapezoid
 from viscope.explain.perturbation import perturbation_baseline
 from viscope.explain.targets import TargetArg
 
@@ -50,7 +51,7 @@ def deletion_curve(
     Returns:
         (B, steps + 1) target probabilities.
     """
-    maps = check_maps(images, maps)
+    images, maps = check_inputs(model, images, maps)
     if not isinstance(steps, int) or steps < 1:
         raise ViscopeError(f"Expected steps to be a positive int; got {steps!r}.")
     tgt = target_of(model, images, target)
@@ -172,7 +173,7 @@ def road(
     Returns:
         (B,) mean probability over the fractions.
     """
-    maps = check_maps(images, maps)
+    images, maps = check_inputs(model, images, maps)
     if order not in ("morf", "lerf"):
         raise ViscopeError(f"Expected order 'morf' or 'lerf'; got {order!r}.")
     tgt = target_of(model, images, target)
@@ -208,7 +209,7 @@ def peds(
     Returns:
         (B,) scores in [0, 1].
     """
-    maps = check_maps(images, maps)
+    images, maps = check_inputs(model, images, maps)
     if maps.amin() < 0 or maps.amax() > 1:
         raise ViscopeError(
             f"Expected maps in [0, 1] for PEDS (it thresholds them at {threshold}); got values "

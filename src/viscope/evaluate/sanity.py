@@ -14,6 +14,7 @@ from torch import nn
 
 from viscope.errors import ViscopeError
 from viscope.explain.api import attribute
+from viscope.explain.inputs import channel_check, prepare_images
 from viscope.explain.targets import TargetArg, resolve_target
 from viscope.models import default_layers, unwrap
 
@@ -71,7 +72,9 @@ def model_randomization(
         ``{layer: (B,) Spearman correlation}`` in randomisation order; low values mean
         the method is sensitive to the weights (it passes the check).
     """
-    tgt = resolve_target(target, images.shape[0]).fix(model, images)
+    images = prepare_images(model, images)
+    with torch.inference_mode(False), channel_check(model):
+        tgt = resolve_target(target, images.shape[0]).fix(model, images)
     classes = tgt.classes if tgt.classes is not None else target
     before = attribute(model, images, method, target=classes, **options)
     twin = copy.deepcopy(model)
@@ -83,10 +86,14 @@ def model_randomization(
         raise ViscopeError(f"Expected module names of {type(net).__name__}; got {missing}.")
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    for name in names:
-        _reinit(modules[name], gen)
-        after = attribute(twin, images, method, target=classes, **options)
-        out[name] = spearman(before, after)
+    # reset_parameters() draws from the global generator: seed it for the call (and put
+    # the caller's state back), so that ``seed`` alone fixes the new weights
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        torch.manual_seed(seed)
+        for name in names:
+            _reinit(modules[name], gen)
+            after = attribute(twin, images, method, target=classes, **options)
+            out[name] = spearman(before, after)
     return out
 
 

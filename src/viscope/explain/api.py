@@ -15,6 +15,7 @@ from torch import nn
 from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain import cam, gradients, perturbation, rollout
+from viscope.explain.inputs import channel_check, check_not_inference, prepare_images
 from viscope.explain.layouts import auto_layer, suggest_layer
 from viscope.explain.targets import Target, TargetArg, resolve_target
 from viscope.models import unwrap
@@ -133,9 +134,14 @@ def attribute(
     so; its running statistics are restored afterwards). Hooks live only for this call;
     no parameter gets a ``.grad``.
 
+    Images are cast to the model's floating dtype (float64 images on a float32 model, or
+    the reverse, just work); integer images are refused (divide 8-bit values by 255 first).
+    Under ``torch.inference_mode()`` the call leaves inference mode for itself, so the
+    gradient methods work there too.
+
     Args:
         model: a model from :func:`viscope.models.create` or any ``nn.Module``.
-        images: (B, C, H, W) images in [0, 1]; maps come back on their device.
+        images: (B, C, H, W) float images in [0, 1]; maps come back on their device.
         method: a name of :data:`METHODS` (``list_methods()``).
         layer: for CAMs, the module name to explain (``"name@k"`` for the k-th call of a
             shared module), or ``"auto"`` (:func:`~viscope.explain.layouts.auto_layer`);
@@ -154,7 +160,9 @@ def attribute(
 
     Raises:
         ViscopeError: unknown method, option of the method or layer, a target of the wrong
-            length, a layer of a method that has none, or images that are not (B, C, H, W).
+            length or class range, a layer of a method that has none, images that are not
+            (B, C, H, W) floats, hold NaN/inf (naming the images) or have channels the
+            model does not take, or a model made under ``torch.inference_mode()``.
 
     Warns:
         UserWarning: a map is all zeros or not finite (naming the layer and another to try).
@@ -167,11 +175,21 @@ def attribute(
     """
     spec = METHODS.get(method)
     _check_options(method, spec.options, options)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ViscopeError(
-            f"Expected images as a tensor (B, C, H, W); got "
-            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)}."
-        )
+    # under torch.inference_mode() no graph can be recorded: leave it for this call, with
+    # the images cloned out of it (an inference tensor cannot be saved for backward)
+    with torch.inference_mode(False):
+        check_not_inference(model)
+        images = prepare_images(model, images)
+        if images.is_inference():
+            images = images.clone()
+        return _attribute(model, images, method, spec, layer, target, normalize, options)
+
+
+def _attribute(
+    model: nn.Module, images: torch.Tensor, method: str, spec: Method, layer: str | None,
+    target: TargetArg, normalize: bool, options: dict[str, Any],
+) -> torch.Tensor:
+    """:func:`attribute` after its input checks (outside inference mode, images cast)."""
     if spec.uses_layer:
         layer = auto_layer(model) if layer in (None, "auto") else layer
     elif layer not in (None, "auto"):
@@ -185,11 +203,11 @@ def attribute(
         warnings.warn(
             "The model is in training mode: BatchNorm mixes the images of a batch and dropout "
             "is random, so maps depend on the batch. Call model.eval() before explaining.",
-            UserWarning, stacklevel=2,
+            UserWarning, stacklevel=3,
         )
     tgt: Target = resolve_target(target, images.shape[0])
     # in train mode each forward pass updates BatchNorm's running statistics: put them back
-    with preserved_buffers(model):
+    with preserved_buffers(model), channel_check(model):
         raw = spec.fn(model, images, tgt, layer, **options)
     check_maps(raw, method, layer, model)
     return finish(raw, (images.shape[-2], images.shape[-1]), normalize).to(images.device)
@@ -236,5 +254,5 @@ def check_maps(raw: torch.Tensor, method: str, layer: str | None, model: nn.Modu
            "reads only the class token." if vit else "")
     warnings.warn(
         f"{method} map at {where} is {' and '.join(parts)}.{why} To fix: {hint}.",
-        UserWarning, stacklevel=3,
+        UserWarning, stacklevel=4,  # attribute -> _attribute -> here
     )

@@ -62,6 +62,8 @@ class CAM:
             if grad:
                 score = target.score(outputs).sum()
                 (grads,) = torch.autograd.grad(score, act)
+            else:
+                target.check(outputs)  # class-agnostic: still refuse a class the model lacks
             record = tap.record
         acts = _upcast(to_grid(act.detach(), record, model, hw))
         if grads is not None:

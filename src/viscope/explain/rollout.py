@@ -38,7 +38,8 @@ def attention_rollout(
     Args:
         model: a timm ViT (wrapped or not).
         images: (B, C, H, W).
-        target: ignored (rollout does not depend on the class).
+        target: unused by the map (rollout does not depend on the class); class indices
+            are still checked against the model's outputs.
         head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
         residual: weight of the identity (the skip connection).
         discard_ratio: the share in [0, 1) of each layer's smallest fused attention
@@ -48,8 +49,8 @@ def attention_rollout(
         (B, rows, cols) rollout on the patch grid.
 
     Raises:
-        ViscopeError: the model has no timm attention blocks, an unknown ``head_fusion``
-            or ``discard_ratio`` outside [0, 1).
+        ViscopeError: the model has no timm attention blocks, an unknown ``head_fusion``,
+            ``discard_ratio`` outside [0, 1), or a target class the model does not have.
     """
     net = unwrap(model)
     blocks = getattr(net, "blocks", None)
@@ -75,12 +76,14 @@ def attention_rollout(
             if hasattr(attn, "fused_attn"):
                 attn.fused_attn = False
         with torch.no_grad(), Tap(model, names, callback=lambda n, a: attns.append(a)) as tap:
-            model(images)
+            outputs = model(images)
         record = tap.records[names[0]]
     finally:
         for attn, value in fused:
             if value is not None:
                 attn.fused_attn = value
+    if target is not None:
+        target.check(outputs)  # class-agnostic: still refuse a class the model lacks
     n = attns[0].shape[-1]
     prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
     eye = torch.eye(n, device=images.device, dtype=attns[0].dtype)

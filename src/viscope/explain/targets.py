@@ -100,6 +100,18 @@ class Target:
             self._valid_for = logits.shape[1]
         return logits
 
+    def check(self, outputs: object) -> None:
+        """Check the class indices against ``outputs`` when they are class logits (N, K).
+
+        For methods that never score the target (class-agnostic ones), so that a class
+        the model does not have is still an error; other outputs and targets pass.
+
+        Raises:
+            ViscopeError: a class index outside [0, K).
+        """
+        if self.classes is not None and isinstance(outputs, torch.Tensor) and outputs.ndim == 2:
+            self.class_outputs(outputs)
+
     def score(
         self, outputs: torch.Tensor, index: torch.Tensor | None = None, *, prob: bool = False
     ) -> torch.Tensor:
