@@ -5,12 +5,15 @@ so a sample's spread over transformations (TV) is computed inside the batch, whi
 spread over samples (SV) streams into float64 moments per parameter value. Activations
 are consumed inside the forward hook, so nothing stores the grid, and in-place ops
 after a measured layer cannot corrupt it.
+
+:func:`measure` runs four steps: :func:`_validate` (checked arguments, a
+:class:`_Setup`), :func:`_plan` (the probe pass, each layer's empty state, a
+:class:`_Plan`), :func:`_run` (the stages over the batches, resumable, merged across
+processes) and :func:`_result`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,29 +24,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from viscope.activations import Tap, capture
+from viscope.activations import Tap
 from viscope.errors import ViscopeError
-from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions
+from viscope.invariance.equivariance import spatial_map
+from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions, MeasureSpec
+from viscope.invariance.plan import (
+    check_int,
+    check_min_params,
+    collate,
+    family_key,
+    model_dtype,
+    new_state,
+    probe,
+    resolve_transform,
+)
 from viscope.invariance.result import InvarianceResult
 from viscope.invariance.resume import Checkpoint, GracefulInterrupt, fingerprint
-
-SPATIAL_DIMS = {"chw": (1, 2), "hwc": (0, 1), "tokens": (0,)}
-
-
-def resolve_transform(transform, **kwargs):
-    """A transformation family from a name, a family object or a list of callables."""
-    from viscope import transforms
-
-    if isinstance(transform, str):
-        return transforms.create(transform, **kwargs)
-    if isinstance(transform, (list, tuple)):
-        return transforms.from_callables(list(transform))
-    if hasattr(transform, "grid") and hasattr(transform, "apply"):
-        return transform
-    raise ViscopeError(
-        f"Expected transform to be a family name (see `viscope list transforms`), a family "
-        f"object or a list of callables; got {type(transform).__name__}."
-    )
+from viscope.invariance.runtime import Progress, dist_info, merge_ranks, warn_non_finite
+from viscope.invariance.stats import working_precision
 
 
 class _StopForward(BaseException):
@@ -57,20 +55,6 @@ class _BadInput(ViscopeError):
     def __init__(self, message: str, done: int) -> None:
         super().__init__(message)
         self.done = done
-
-
-def _images(item) -> torch.Tensor:
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def _collate(batch):
-    imgs = [_images(b) for b in batch]
-    if not all(isinstance(i, torch.Tensor) and i.ndim == 3 for i in imgs):
-        raise ViscopeError(
-            "Expected dataset items to be (image, label, ...) with image a (C, H, W) tensor; "
-            f"got {type(imgs[0]).__name__} of shape {getattr(imgs[0], 'shape', '?')}."
-        )
-    return torch.stack(imgs)
 
 
 def measure(
@@ -100,12 +84,18 @@ def measure(
 
     Args:
         model: an ``nn.Module`` (images in [0, 1]; see ``viscope.models.create``) or a model
-            name / checkpoint path.
+            name / checkpoint path. Images are cast to its floating dtype (a ``.double()``
+            or bfloat16 model measures float32 data).
         dataset: a map-style dataset of ``(image, label, ...)`` or a built-in name/path.
         transform: a family name (``"rotation"``), a family object, or a list of callables
             each mapping a batch (B, C, H, W) to a batch of the same shape.
         measure: a registered measure (``viscope list measures``): ``nv`` (default),
-            ``nv_se``, ``anova``, ``goodfellow``, ``distance``.
+            ``nv_se``, ``anova``, ``goodfellow``, ``distance``. ``nv_se`` warps each
+            activation map back with the inverse transformation and counts only the
+            positions that every transformation of the grid maps back (a ones-mask
+            warped there and back stays >= 1 - 1e-3) and units that are not constant
+            on every image; the others are NaN in ``per_unit`` (see
+            :mod:`viscope.invariance.equivariance`).
         samples: number of dataset samples (a seeded random subset).
         params: number of parameter values, ``family.grid(params)`` (ignored for a list
             of callables, which defines its own).
@@ -143,17 +133,60 @@ def measure(
     Under ``torch.distributed`` (e.g. ``torchrun``), each process measures a shard of the
     samples and the states are merged, giving the same numbers as one process.
     """
+    setup = _validate(
+        model, dataset, transform, measure=measure, samples=samples, params=params,
+        layers=layers, batch_size=batch_size, device=device, seed=seed, spatial=spatial,
+        variance=variance, tokens=tokens, prefix_tokens=prefix_tokens, options=options,
+        transform_kwargs=transform_kwargs, num_workers=num_workers,
+    )
+    was_training = setup.model.training
+    setup.model.to(setup.device).eval()
+    try:
+        plan, states = _plan(setup)
+        values = _run(setup, plan, states, progress, resume, save_every)
+    finally:
+        setup.model.train(was_training)
+    return _result(setup, plan, values)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The checked arguments of one measurement (what :func:`_validate` returns)."""
+
+    model: nn.Module
+    dataset: Dataset
+    spec: MeasureSpec
+    family: Any
+    grid: torch.Tensor  # on the CPU: family.apply validates it without a device sync
+    options: MeasureOptions
+    device: torch.device
+    dtype: torch.dtype | None  # the model's floating dtype, which images are cast to
+    layers: list[str]  # resolved names, before the probe says which ran
+    indices: list[int]  # the sampled dataset indices (all processes)
+    shard: list[int]  # this process's share of them
+    rows: int  # samples per forward pass
+    tokens: str
+    prefix_tokens: int | None
+    seed: int
+    num_workers: int
+
+
+def _validate(model, dataset, transform, *, measure, samples, params, layers, batch_size,
+              device, seed, spatial, variance, tokens, prefix_tokens, options,
+              transform_kwargs, num_workers) -> _Setup:
+    """Check the arguments (cheap checks first: loading a model or a dataset can take
+    minutes) and resolve names into objects."""
     from viscope import data as vdata
     from viscope import models as vmodels
 
-    # cheap checks first: loading a model or a dataset can take minutes
-    samples = _check_int("samples", samples, 2, "a spread over samples needs two", 256)
-    params = _check_int("params", params, None, "the number of transformation values", 16)
-    batch_size = _check_int("batch_size", batch_size, 1, "images per forward pass", 256)
+    samples = check_int("samples", samples, 2, "a spread over samples needs two", 256)
+    params = check_int("params", params, None, "the number of transformation values", 16)
+    batch_size = check_int("batch_size", batch_size, 1, "images per forward pass", 256)
     spec = MEASURES.get(measure)
-    if isinstance(transform, (list, tuple)):
+    callables = isinstance(transform, (list, tuple))
+    if callables:
         params = len(transform)  # a list of callables defines its own grid
-    _check_min_params(spec, params, isinstance(transform, (list, tuple)))
+    check_min_params(spec, params, callables)
     if isinstance(model, str):
         model = vmodels.create(model)
     if isinstance(dataset, str):
@@ -168,15 +201,12 @@ def measure(
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
     base = options or MeasureOptions()
     opts = replace(base, spatial=spatial or base.spatial, variance=variance or base.variance)
-    # the grid stays on the CPU: family.apply validates CPU parameters without a device
-    # sync and moves them itself
     grid = family.grid(params)
-    m = grid.shape[0]
-    _check_min_params(spec, m, isinstance(transform, (list, tuple)))
-    names = vmodels.select_layers(model, layers)
+    check_min_params(spec, grid.shape[0], callables)
+    names = vmodels.select_layers(model, layers, input_size=(  # dry pass at the images' size
+        collate([dataset[0]]).shape[1:] if len(dataset) else None))
 
     n = min(samples, len(dataset))
     if n < 2:
@@ -186,65 +216,89 @@ def measure(
         )
     if n < samples:
         warnings.warn(f"dataset has {len(dataset)} items; measuring all of them, not {samples}",
-                      stacklevel=2)
+                      stacklevel=3)
     g = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=g)[:n].tolist()
-    rank, world = _dist_info()
-    shard = indices[rank::world]
-    rows = max(spec.state.min_rows, batch_size // m)
+    rank, world = dist_info()
+    return _Setup(
+        model=model, dataset=dataset, spec=spec, family=family, grid=grid, options=opts,
+        device=torch.device(device), dtype=model_dtype(model), layers=names,
+        indices=indices, shard=indices[rank::world],
+        rows=max(spec.state.min_rows, batch_size // grid.shape[0]), tokens=tokens,
+        prefix_tokens=prefix_tokens, seed=seed, num_workers=num_workers,
+    )
+
+
+def _plan(setup: _Setup) -> tuple[_Plan, dict[str, LayerState]]:
+    """Probe which layers run and how their outputs are laid out; build each measured
+    layer's empty state. The model is on its device, in eval mode."""
+    s = setup
+    image = collate([s.dataset[s.indices[0]]]).to(s.device)
+    records = probe(s.model, s.family, s.grid, image, s.layers, s.tokens, s.prefix_tokens,
+                    s.dtype)
+    measured = [nm for nm in s.layers if records[nm].captured]
+    skipped = [nm for nm in s.layers if not records[nm].captured]
+    if skipped:
+        warnings.warn(f"layers that never ran were skipped: {', '.join(skipped)}",
+                      stacklevel=3)
+    if not measured:
+        raise ViscopeError(f"None of the layers {s.layers} ran in a forward pass.")
+    m = s.grid.shape[0]
+    states = {nm: new_state(s.spec, records[nm], m, s.options, s.device, s.tokens,
+                            s.family, s.grid)
+              for nm in measured}
+    plan = _Plan(s.model, s.family, s.grid, records, s.tokens, s.prefix_tokens,
+                 s.spec.equivariant, s.device, s.shard, s.rows, s.dtype, measured, skipped)
+    return plan, states
+
+
+def _run(setup: _Setup, plan: _Plan, states: dict[str, LayerState],
+         progress: bool | Callable[[int, int], None], resume: str | Path | None,
+         save_every: float) -> dict[str, dict[str, Any]]:
+    """Run every stage of the measure over this process's shard, saving to ``resume``
+    when asked; merge the states across processes after each stage.
+
+    Returns:
+        ``values[layer][quantity]``: the per-unit NumPy arrays of the merged states.
+    """
+    s = setup
+    rank, world = dist_info()
+    stages = s.spec.state.stages
+    n_batches = -(-len(s.shard) // s.rows)
 
     def loader_from(batch: int) -> DataLoader:
-        return DataLoader(Subset(dataset, shard[batch * rows:]), batch_size=rows,
-                          shuffle=False, num_workers=num_workers, collate_fn=_collate)
+        return DataLoader(Subset(s.dataset, s.shard[batch * s.rows:]), batch_size=s.rows,
+                          shuffle=False, num_workers=s.num_workers, collate_fn=collate)
 
-    n_batches = -(-len(shard) // rows)
-
-    was_training = model.training
-    model.to(device).eval()
-    bar = _Progress(False, 0, "")
+    bar = Progress(False, 0, "")
     guard = GracefulInterrupt(enabled=resume is not None)
     try:
-        probe = _collate([dataset[indices[0]]]).to(device)
-        records = _probe(model, family, grid, probe, names, tokens, prefix_tokens)
-        measured = [nm for nm in names if records[nm].captured]
-        skipped = [nm for nm in names if not records[nm].captured]
-        if skipped:
-            warnings.warn(f"layers that never ran were skipped: {', '.join(skipped)}",
-                          stacklevel=2)
-        if not measured:
-            raise ViscopeError(f"None of the layers {names} ran in a forward pass.")
-        states = {nm: _new_state(spec, records[nm], m, opts, device, tokens)
-                  for nm in measured}
-        stages = spec.state.stages
-        start = (0, 0)
-        ckpt = None
+        start, ckpt = (0, 0), None
         if resume is not None:
-            key = fingerprint(model, {
-                "measure": spec.name, "options": opts.__dict__, "grid": grid.tolist(),
-                "transform": getattr(family, "name", "custom"), "family": _family_key(family),
-                "indices": shard,
-                "rows": rows, "layers": measured, "tokens": tokens,
-                "prefix_tokens": prefix_tokens, "world": world,
-                "rank": rank, "dataset": len(dataset),
+            key = fingerprint(s.model, {
+                "measure": s.spec.name, "options": s.options.__dict__,
+                "grid": s.grid.tolist(), "transform": getattr(s.family, "name", "custom"),
+                "family": family_key(s.family), "indices": s.shard, "rows": s.rows,
+                "layers": plan.measured, "tokens": s.tokens,
+                "prefix_tokens": s.prefix_tokens, "world": world, "rank": rank,
+                "dataset": len(s.dataset),
             })
             path = Path(resume) if world == 1 else Path(f"{resume}.rank{rank}")
             ckpt = Checkpoint(path, key, save_every)
             start = ckpt.load(states) or start
-        bar = _Progress(progress, len(stages) * n_batches,
-                        f"{spec.name} · {getattr(family, 'name', '')}")
+        bar = Progress(progress, len(stages) * n_batches,
+                       f"{s.spec.name} · {getattr(s.family, 'name', '')}")
         bar.advance(start[0] * n_batches + start[1])
         merged = states
-        plan = _Plan(model, family, grid, records, tokens, prefix_tokens, spec.equivariant,
-                     device, shard, rows)
-        for s, stage in enumerate(stages):
-            if s < start[0]:
+        for k, stage in enumerate(stages):
+            if k < start[0]:
                 continue
-            first = start[1] if s == start[0] else 0
+            first = start[1] if k == start[0] else 0
 
-            def after_batch(done: int, s: int = s) -> None:
+            def after_batch(done: int, k: int = k) -> None:
                 stop = guard.requested  # read once: Ctrl-C may land during advance()
                 if ckpt is not None and (ckpt.due() or stop):
-                    ckpt.save(s, done, states)
+                    ckpt.save(k, done, states)
                 bar.advance()
                 if stop:
                     raise KeyboardInterrupt(f"measurement saved to {ckpt.path}; run it "
@@ -252,45 +306,50 @@ def measure(
 
             try:
                 with guard:
-                    plan.run_stage(loader_from(first), first, states, stage, s, after_batch)
+                    plan.run_stage(loader_from(first), first, states, stage, k, after_batch)
             except _BadInput as e:
                 if ckpt is None:
                     raise ViscopeError(f"{e} and run again.") from None
-                ckpt.save(s, e.done, states)  # the states hold exactly the batches before it
+                ckpt.save(k, e.done, states)  # the states hold exactly the batches before it
                 raise ViscopeError(f"{e}; running again resumes from here.") from None
-            merged = {nm: _merge_ranks(st) for nm, st in states.items()}
+            merged = {nm: merge_ranks(st) for nm, st in states.items()}
             for nm, st in merged.items():
-                st.end_stage(s)
+                st.end_stage(k)
                 states[nm].adopt(st)
-            if ckpt is not None and s + 1 < len(stages):
-                ckpt.save(s + 1, 0, states)
-        _warn_non_finite(merged, spec.name)
-        values = {nm: {k: v.cpu().numpy() for k, v in st.compute().items()}
+            if ckpt is not None and k + 1 < len(stages):
+                ckpt.save(k + 1, 0, states)
+        warn_non_finite(merged, s.spec.name, stacklevel=4)
+        values = {nm: {q: v.cpu().numpy() for q, v in st.compute().items()}
                   for nm, st in merged.items()}
         if ckpt is not None:
             ckpt.remove()
     finally:
         bar.close()
-        model.train(was_training)
+    return values
 
+
+def _result(setup: _Setup, plan: _Plan, values: dict[str, dict[str, Any]]
+            ) -> InvarianceResult:
+    """The :class:`InvarianceResult` of the computed per-unit values."""
+    s = setup
     meta = {
-        "model": _model_name(model),
-        "transform": getattr(family, "name", "custom"),
-        "params": grid.cpu().tolist(),
-        "param_names": list(getattr(family, "param_names", ())),
-        "samples": n,
-        "measure": spec.name,
-        "options": opts.__dict__,
-        "tokens": tokens,
-        "prefix_tokens": prefix_tokens,
-        "skipped": skipped,
-        "seed": seed,
+        "model": _model_name(s.model),
+        "transform": getattr(s.family, "name", "custom"),
+        "params": s.grid.cpu().tolist(),
+        "param_names": list(getattr(s.family, "param_names", ())),
+        "samples": len(s.indices),
+        "measure": s.spec.name,
+        "options": s.options.__dict__,
+        "tokens": s.tokens,
+        "prefix_tokens": s.prefix_tokens,
+        "skipped": plan.skipped,
+        "seed": s.seed,
     }
     return InvarianceResult(
-        measure=spec.name, primary=spec.primary, layers=measured, values=values,
-        layouts={nm: records[nm].layout for nm in measured},
-        shapes={nm: list(records[nm].unit_shape) for nm in measured},
-        lower_is_invariant=spec.lower_is_invariant, meta=meta,
+        measure=s.spec.name, primary=s.spec.primary, layers=plan.measured, values=values,
+        layouts={nm: plan.records[nm].layout for nm in plan.measured},
+        shapes={nm: list(plan.records[nm].unit_shape) for nm in plan.measured},
+        lower_is_invariant=s.spec.lower_is_invariant, meta=meta,
     )
 
 
@@ -299,111 +358,6 @@ def _model_name(model: nn.Module) -> str:
 
     spec = spec_of(model)
     return spec.name if spec is not None else type(unwrap(model)).__name__
-
-
-def _check_int(name: str, value: Any, low: int | None, what: str, example: int) -> int:
-    """``value`` as a Python int (NumPy integers are fine), or a ViscopeError."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or (low is not None and value < low)):
-        kind = "an int" if low is None else f"an int >= {low}"
-        raise ViscopeError(
-            f"Expected {name} to be {kind} ({what}); got {value!r}. Pass e.g. "
-            f"{name}={example}."
-        )
-    return int(value)
-
-
-def _check_min_params(spec, m: int, callables: bool) -> None:
-    """Every measure is a spread over transformations, undefined for fewer than
-    ``spec.state.min_params`` of them (one value would read as perfect invariance)."""
-    need = spec.state.min_params
-    if m >= need:
-        return
-    if callables:
-        raise ViscopeError(
-            f"Measure {spec.name!r} needs at least {need} parameter values; got a list of "
-            f"{m} callable(s). Pass a list of {need} or more transformations."
-        )
-    raise ViscopeError(
-        f"Measure {spec.name!r} needs at least {need} parameter values; "
-        f"got params={m}. Pass params={need} or more."
-    )
-
-
-def _probe(model, family, grid, probe, names, tokens, prefix_tokens=None):
-    """One forward pass on one transformed image: which layers run, and their layouts.
-    A model that cannot take the images fails here, with a message that says so."""
-    params = grid[:1].repeat(probe.shape[0], *([1] * (grid.ndim - 1)))
-    with torch.no_grad():
-        x = family.apply(probe, params)
-    try:
-        _, records = capture(model, x, names, tokens=tokens, prefix_tokens=prefix_tokens)
-    except ViscopeError:
-        raise  # already says what to do (e.g. from the tap)
-    except torch.cuda.OutOfMemoryError:
-        raise  # a RuntimeError too, but not the images' fault
-    except (AssertionError, RuntimeError) as err:
-        inner = " ".join(str(err).split()) or type(err).__name__
-        raise ViscopeError(
-            f"The model failed on a batch of images of shape {tuple(x.shape)}: {inner}. "
-            f"Check that the image size suits the model (e.g. --image-size / img_size=...) "
-            f"and that it takes {x.shape[1]}-channel images."
-        ) from err
-    return records
-
-
-def _family_key(family) -> dict:
-    """What decides the transformed images besides the grid: the family's options
-    (``mode``, ``seed``, ...) and, for callables, their code (best effort: values a
-    closure captures are not seen)."""
-    plain = (bool, int, float, str)
-    key = {k: v for k, v in vars(family).items() if isinstance(v, plain)
-           or (isinstance(v, tuple) and all(isinstance(e, plain) for e in v))}
-    codes = []
-    for f in getattr(family, "functions", ()):
-        code = getattr(f, "__code__", None)
-        text = repr(f) if code is None else repr((code.co_code, code.co_consts, code.co_names))
-        codes.append(hashlib.sha256(text.encode()).hexdigest())
-    return {**key, "functions": codes}
-
-
-def _new_state(spec, rec, m, opts, device, tokens="all") -> LayerState:
-    unit_shape = rec.unit_shape
-    if spec.equivariant:
-        patches_only = rec.prefix_tokens == 0 or tokens == "patch"
-        if rec.layout == "tokens" and rec.grid is not None and patches_only:
-            unit_shape = (unit_shape[1], *rec.grid)
-        elif rec.layout == "tokens" and rec.grid is not None:
-            raise ViscopeError(
-                f"Layer {rec.name!r} has {rec.prefix_tokens} prefix (CLS/register) tokens that "
-                f"cannot be mapped back spatially; pass tokens='patch' for measure 'nv_se'."
-            )
-        elif rec.layout != "chw":
-            raise ViscopeError(
-                f"Measure 'nv_se' needs spatial (C, H, W) activations; layer {rec.name!r} has "
-                f"layout {rec.layout} {unit_shape}. Choose convolutional or token layers."
-            )
-        spatial_dims = (1, 2)
-    else:
-        spatial_dims = SPATIAL_DIMS.get(rec.layout, ())
-        if rec.layout == "tokens" and len(unit_shape) != 2:
-            spatial_dims = ()
-    return spec.state(m, tuple(unit_shape), spatial_dims, opts, device)
-
-
-def _warn_non_finite(states: dict[str, LayerState], measure: str) -> None:
-    """Warn about layers whose statistics are not finite: sums of finite activations stay
-    finite, so the model produced NaN or infinite activations there."""
-    bad = [name for name, st in states.items()
-           if any(t.is_floating_point() and not bool(torch.isfinite(t).all())
-                  for t in st.tensors())]
-    if bad:
-        warnings.warn(
-            f"The model produced NaN or infinite activations in layers {', '.join(bad)}: "
-            f"{measure} is NaN or infinite for the units concerned, and the layer averages "
-            "leave them out. Check the weights and the precision (e.g. float16 overflow).",
-            stacklevel=3,
-        )
 
 
 @dataclass(frozen=True)
@@ -421,6 +375,9 @@ class _Plan:
     device: torch.device
     shard: list[int]
     rows: int
+    dtype: torch.dtype | None = None  # images are cast to it (the model's dtype)
+    measured: list[str] | None = None  # layers that ran in the probe, in order
+    skipped: list[str] | None = None  # layers that did not
 
     def run_stage(self, loader: DataLoader, first: int, states: dict[str, LayerState],
                   stage: str, s: int, after_batch: Callable[[int], None]) -> None:
@@ -428,6 +385,7 @@ class _Plan:
         ...); ``after_batch(done)`` is called once each batch is in the states."""
         model, family, grid, records = self.model, self.family, self.grid, self.records
         equivariant, device, shard, rows = self.equivariant, self.device, self.shard, self.rows
+        dtype = self.dtype
         m = grid.shape[0]
         ctx: dict[str, Any] = {}
 
@@ -436,17 +394,15 @@ class _Plan:
             b, cols = ctx["rows"], ctx["cols"]
             if equivariant:
                 rec = records[name]
-                if rec.layout == "tokens":
-                    h, w = rec.grid
-                    act = act.transpose(1, 2).reshape(act.shape[0], act.shape[2], h, w)
-                act = family.inverse(act, ctx["params"])
+                maps = working_precision(spatial_map(act, rec.layout, rec.grid))
+                act = family.inverse(maps, ctx["params"])
             st.update(act.reshape(b, cols, *act.shape[1:]), s)
             ctx["fired"] += 1
             if ctx["fired"] == len(states):
                 raise _StopForward  # every measured layer is in: the rest of the net is not needed
 
         with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=self.tokens,
-                                     prefix_tokens=self.prefix_tokens):
+                                  prefix_tokens=self.prefix_tokens):
             for done, x in enumerate(loader, start=first + 1):
                 finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
                 if not bool(finite.all()):
@@ -466,73 +422,14 @@ class _Plan:
                         moved = moved.reshape(b, m, *x.shape[1:])
                         images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
                         cols = m + 1
+                if dtype is not None and images.dtype != dtype:
+                    images = images.to(dtype)  # transformed in the data's precision
                 ctx.update(rows=b, cols=cols, params=params, fired=0)
                 try:
                     model(images)
                 except _StopForward:
                     pass
                 after_batch(done)
-
-
-def _dist_info() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _merge_ranks(state: LayerState) -> LayerState:
-    """Gather every process's state and merge them in rank order (same on every rank)."""
-    import torch.distributed as dist
-
-    rank, world = _dist_info()
-    if world == 1:
-        return state
-    gathered = []
-    for t in state.tensors():
-        parts = [torch.empty_like(t) for _ in range(world)]
-        dist.all_gather(parts, t.contiguous())
-        gathered.append(parts)
-    shards = [state.with_tensors([g[r] for g in gathered]) for r in range(world)]
-    merged = shards[0]
-    for other in shards[1:]:
-        merged.merge_(other)
-    merged.adopt(state)
-    return merged
-
-
-class _Progress:
-    def __init__(self, progress, total: int, label: str) -> None:
-        self.callback = progress if callable(progress) else None
-        self.total, self.done = total, 0
-        self._bar = None
-        if progress is True and _dist_info()[0] == 0:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task(label, total=total)
-
-    def advance(self, steps: int = 1) -> None:
-        if steps == 0:
-            return
-        self.done += steps
-        if self._bar is not None:
-            self._bar.advance(self._task, steps)
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 __all__ = ["measure", "resolve_transform"]

@@ -15,6 +15,9 @@ Applied Soft Computing 2023, and its library tmeasures:
 * NV = TV / SV, with 0/0 -> 1 and x/0 -> inf; a layer's value is the mean over its
   units' finite values. ``spatial=True`` averages TV and SV over the spatial axes
   (H x W, or tokens) before dividing; ``variance=True`` uses variances instead of stds.
+* ``nv_se`` (same-equivariance) is NV of activation maps warped back by the inverse
+  transformation, over the positions every transformation maps back and the units that
+  are not constant (:class:`SameEquivariantNV`, :mod:`viscope.invariance.equivariance`).
 """
 
 from __future__ import annotations
@@ -154,6 +157,66 @@ class NormalizedVariance(LayerState):
         sv = spread.mean(0)
         tv, sv = self._spatial_mean(tv), self._spatial_mean(sv)
         return {"tv": tv, "sv": sv, "nv": safe_divide(tv, sv)}
+
+
+class SameEquivariantNV(NormalizedVariance):
+    """NV of activation maps mapped back by the inverse transformation (``nv_se``).
+
+    The engine feeds (b, M, C, h, w) maps already warped back; this state applies the
+    rule of :mod:`viscope.invariance.equivariance` when computing: positions outside
+    ``valid`` are NaN in every quantity (with ``spatial=True``, TV and SV are averaged
+    over valid positions only), and units constant on every image (TV = SV = 0) have a
+    NaN ``nv``, so the layer mean counts neither. The streamed statistics are those of
+    :class:`NormalizedVariance`, so merging and resuming are unchanged; ``valid`` goes
+    with every copy (:meth:`with_tensors`).
+
+    Args:
+        valid: (h, w) bool mask of valid positions, or ``None`` (every position).
+    """
+
+    def __init__(self, *args, valid: torch.Tensor | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.valid = valid
+
+    def with_tensors(self, tensors: list[torch.Tensor]) -> SameEquivariantNV:
+        other = super().with_tensors(tensors)
+        other.valid = self.valid
+        return other
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        tv = self.tv_sum / self.tv_count.clamp_min(1)
+        spread = self.samples.var() if self.options.variance else self.samples.std()
+        sv = spread.mean(0)
+        valid = torch.ones_like(tv, dtype=torch.bool) if self.valid is None else \
+            self.valid.to(tv.device).expand_as(tv)
+        floor = self._constant_floor(valid)
+        if self.options.spatial and self.spatial_dims:
+            dims = self.spatial_dims
+            count = valid.sum(dim=dims)  # 0 valid positions: 0 / 0 = NaN
+            tv = torch.where(valid, tv, 0.0).sum(dim=dims) / count
+            sv = torch.where(valid, sv, 0.0).sum(dim=dims) / count
+        else:
+            tv = torch.where(valid, tv, torch.nan)
+            sv = torch.where(valid, sv, torch.nan)
+        nv = safe_divide(tv, sv)  # NaN stays NaN
+        constant = (tv <= floor) & (sv <= floor)
+        return {"tv": tv, "sv": sv, "nv": torch.where(constant, torch.nan, nv)}
+
+    def _constant_floor(self, valid: torch.Tensor) -> torch.Tensor:
+        """The TV / SV at or below which a unit counts as constant on every image:
+        16 machine epsilons (of the precision the activations were reduced in) of the
+        layer's RMS activation over valid positions. The unit's own mean, which the
+        rounding floor of :mod:`~viscope.invariance.stats` uses, is too small a scale
+        here: a unit that is a bias on every image (a zero border) picks up noise of a
+        few ulp of its neighbours' larger values from the float32 warps (grid
+        coordinates off by ~1e-6 px), and that noise over noise would read as any NV."""
+        s = self.samples
+        count = s.count.reshape(-1, *([1] * len(self.unit_shape))).clamp_min(1)
+        square = (s.mean**2 + s.m2 / count).mean(0)  # E[x^2] over samples, mean over M
+        weight = valid.double()
+        rms = ((square * weight).sum() / weight.sum().clamp_min(1)).sqrt()
+        floor = 16 * s.eps * rms
+        return floor**2 if self.options.variance else floor
 
 
 class Anova(LayerState):
@@ -311,9 +374,12 @@ MEASURES: Registry[MeasureSpec] = Registry("measure")
 for _spec in (
     MeasureSpec("nv", NormalizedVariance, "nv",
                 "Normalized Variance TV/SV (also reports TV and SV); lower = more invariant"),
-    MeasureSpec("nv_se", NormalizedVariance, "nv",
-                "same-equivariance NV: activations mapped back with the inverse geometric "
-                "transformation first; lower = more equivariant", equivariant=True),
+    MeasureSpec("nv_se", SameEquivariantNV, "nv",
+                "same-equivariance NV: activation maps warped back with the inverse "
+                "geometric transformation, then TV/SV over positions that every "
+                "transformation maps back (ones warped there and back stay >= 0.999), "
+                "units constant on every image left out; lower = more equivariant",
+                equivariant=True),
     MeasureSpec("anova", Anova, "variant",
                 "one-way ANOVA per unit (F, p); fraction of units that vary with the "
                 "transformation at alpha, Bonferroni-corrected"),
