@@ -1,7 +1,8 @@
 """Training throughput of ``viscope.train.fit`` against a plain PyTorch loop, same run.
 
 Both sides train the same model (same architecture and initial weights) on the same
-data with the same optimizer (AdamW, timm parameter groups), cosine schedule, batch size,
+data with the same optimizer (AdamW, timm parameter groups), cosine schedule (timm's,
+stepped after every update), batch size,
 number of steps, data loader (seeded epoch sampler, last incomplete batch dropped) and
 augmentation (the family applied on the batch with per-image random parameters, the
 generator reseeded every epoch). The plain loop does what Lightning does per step and
@@ -42,6 +43,7 @@ from viscope import data, models, transforms
 from viscope.train import BatchAugment, fit, make_loader, make_optimizer
 from viscope.train.augment import mix_seed
 from viscope.train.callbacks import synchronize
+from viscope.train.optim import OptimSettings, make_scheduler
 
 MODELS: dict[str, dict[str, Any]] = {
     "test_vit": {"img_size": 32},
@@ -108,7 +110,10 @@ def plain_loop(
         pin_memory=device.type == "cuda",
     )
     optimizer = make_optimizer(model, lr, weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    settings = OptimSettings(lr=lr, weight_decay=weight_decay)
+    scheduler = make_scheduler(optimizer, settings, epochs * len(loader), len(loader))
+    assert scheduler is not None
+    step = 0
     aug = BatchAugment(transforms.create(augment), seed=seed)
     timings = []
     for epoch in range(epochs):
@@ -125,7 +130,8 @@ def plain_loop(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            step += 1
+            scheduler.step_update(step)
             total += loss.detach() * len(labels)
             images_seen += len(labels)
         synchronize(device)

@@ -2,8 +2,10 @@
 
 A viscope checkpoint is a ``torch.save`` dict
 ``{"viscope_model": name, "kwargs": {...}, "state_dict": {...}, "normalize": (mean, std)
-| None, "meta": {...}}``; it holds plain data only, so it loads with
-``torch.load(weights_only=True)``. Plain timm/torch state-dict files are read too.
+| None, "meta": {...}}``, and ``"objectives": {name: state_dict}`` when training added
+modules beside the network (heads, decoders; see ``viscope.train.objectives``); it holds
+plain data only, so it loads with ``torch.load(weights_only=True)``. Plain timm/torch
+state-dict files are read too.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ _PLAIN = (str, int, float, bool, type(None))
 _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    objectives: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    **meta: Any,
+) -> Path:
     """Write ``model`` (made by :func:`viscope.models.create`) to ``path``, atomically.
 
     Args:
         model: a model returned by ``create`` (possibly trained since).
         path: the file to write; its folder is created.
+        objectives: state dicts of modules trained beside the network, by objective name
+            (kept under ``"objectives"``; ``create(path)`` reads the network only).
         **meta: plain data to keep alongside (epoch, metrics, ...).
 
     Returns:
@@ -67,6 +77,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any)
         "state_dict": state,
         "meta": meta,
     }
+    if objectives:
+        payload["objectives"] = {
+            str(name): {k: v.detach().cpu() for k, v in state.items()}
+            for name, state in objectives.items()
+        }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file_beside(path)  # not mkstemp: its mode 0600 would stick to the file

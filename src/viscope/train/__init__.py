@@ -1,11 +1,16 @@
-"""Training loops on Lightning: classification with augmentation on the batch.
+"""Training on Lightning: one ``fit`` that every job trains through.
 
 :func:`fit` trains a model from :func:`viscope.models.create` on a dataset's train
 split, augmenting each batch with a transformation family, keeps the epoch with the best
-validation accuracy in ``out/best.pt``, reports test accuracy once at the end, and
-records everything in ``out/train.json`` (a second call with the same configuration
-returns the stored result; an interrupted run resumes). :func:`evaluate` gives accuracy
-on clean or transformed images.
+validation value (accuracy by default) in ``out/best.pt``, reports on the test split
+once at the end, and records everything in ``out/train.json`` and ``out/config.yaml`` (a
+second call with the same configuration returns the stored result; an interrupted run
+resumes). :func:`evaluate` gives accuracy on clean or transformed images.
+
+What plugs into ``fit`` without changing it: objectives (loss terms with their own
+heads and validation metrics, :data:`OBJECTIVES`, cross-entropy the first), initialisers
+(:data:`INITIALISERS`, called on the model with the train split before training) and
+timm's optimizers and schedules (:class:`OptimSettings`).
 
 >>> import torch
 >>> from viscope import data, models
@@ -32,9 +37,18 @@ _EXPORTS = {
     "make_loader": "viscope.train.data",
     "resolve_splits": "viscope.train.data",
     "evaluate": "viscope.train.evaluate",
+    "forward_with_features": "viscope.train.features",
     "fit": "viscope.train.fit",
+    "INITIALISERS": "viscope.train.initialisers",
     "Classifier": "viscope.train.module",
-    "make_optimizer": "viscope.train.module",
+    "TrainModule": "viscope.train.module",
+    "OBJECTIVES": "viscope.train.objectives",
+    "CrossEntropy": "viscope.train.objectives",
+    "Objective": "viscope.train.objectives",
+    "Step": "viscope.train.objectives",
+    "register_objective": "viscope.train.objectives",
+    "OptimSettings": "viscope.train.optim",
+    "make_optimizer": "viscope.train.optim",
     "TrainResult": "viscope.train.run",
 }
 __all__ = attach(__name__, _EXPORTS)

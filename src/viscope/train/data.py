@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from os import PathLike
@@ -94,11 +95,25 @@ def split_record(part: Dataset, *, image_shape: bool = False) -> dict[str, Any]:
     return record
 
 
-def collate(items: Sequence[tuple[Any, ...]]) -> tuple[Tensor, Tensor]:
-    """Stack ``(image, label[, mask])`` items into ``(images, labels)``; masks are dropped."""
+def collate(items: Sequence[tuple[Any, ...]], masks: bool = False) -> tuple[Tensor, ...]:
+    """Stack ``(image, label[, mask])`` items into ``(images, labels)``, or with ``masks``
+    into ``(images, labels, masks)`` (masks are dropped otherwise: stacking them costs
+    time that classification does not need).
+
+    Raises:
+        ViscopeError: ``masks`` asked for items without one.
+    """
     images = torch.stack([item[0] for item in items])
     labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
-    return images, labels
+    if not masks:
+        return images, labels
+    if any(len(item) < 3 for item in items):
+        raise ViscopeError(
+            "Expected items (image, label, mask) for an objective that reads masks; got "
+            "items without a mask. Use a dataset with masks (e.g. 'shapes', or a CSV with a "
+            "mask_path column)."
+        )
+    return images, labels, torch.stack([torch.as_tensor(item[2]) for item in items])
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -144,8 +159,9 @@ def make_loader(
     drop_last: bool = False,
     num_workers: int = 0,
     pin_memory: bool = False,
+    masks: bool = False,
 ) -> DataLoader:
-    """A loader of ``(images, labels)`` batches.
+    """A loader of ``(images, labels)`` batches (``(images, labels, masks)`` with ``masks``).
 
     Args:
         dataset: items ``(image, label[, mask])``.
@@ -155,6 +171,7 @@ def make_loader(
         drop_last: drop the last incomplete batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory (for CUDA).
+        masks: keep the items' masks (see :func:`collate`).
 
     Returns:
         The loader.
@@ -166,7 +183,7 @@ def make_loader(
         sampler=sampler,
         shuffle=False,
         drop_last=drop_last,
-        collate_fn=collate,
+        collate_fn=functools.partial(collate, masks=True) if masks else collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,

@@ -1,9 +1,11 @@
 """``fit``: train a model into a run folder, resumably, with Lightning.
 
-``fit`` reads as its steps: resolve the data, make the model, decide what the run folder
-holds (skip a finished run, resume an interrupted one), build the Lightning module and
-trainer, train, and write the result. The trainer's parts live in
-:mod:`viscope.train.trainer`, the module in :mod:`viscope.train.module`.
+``fit`` checks its arguments, records them, and takes its steps
+(:mod:`viscope.train.steps`): resolve the data, make the model and its Lightning module,
+decide what the run folder holds (skip a finished run, resume an interrupted one),
+initialise, set up the objectives, build the trainer, train, and write the result. The
+trainer's parts live in :mod:`viscope.train.trainer`, the module in
+:mod:`viscope.train.module`.
 """
 
 from __future__ import annotations
@@ -11,51 +13,29 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import pandas as pd
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger
 from torch import nn
-from torch.utils.data import Dataset
 
-from viscope import models
-from viscope.errors import ViscopeError
-from viscope.io import atomic_write, atomic_write_json, environment
-from viscope.models import spec_of, unwrap
-from viscope.models.checkpoint import extract_state_dict, load_weights, read_checkpoint
+from viscope.train import steps
 from viscope.train.augment import AugmentArg, BatchAugment, describe_family, resolve_family
-from viscope.train.data import DatasetArg, class_names, make_loader, resolve_splits, split_record
-from viscope.train.evaluate import evaluate
-from viscope.train.module import Classifier, check_hyperparameters
-from viscope.train.run import (
-    BEST,
-    CHECKPOINTS,
-    METRICS,
-    RECORD,
-    TrainResult,
-    history_from_metrics,
-    merge_metrics,
-    plain,
-    prepare_folder,
-    read_record,
-    state_sha256,
-)
+from viscope.train.data import DatasetArg, split_record
+from viscope.train.initialisers import InitArg, describe_init, resolve_init
+from viscope.train.module import TrainModule
+from viscope.train.objectives import Objective, ObjectivesArg, is_default, resolve_objectives
+from viscope.train.optim import OptimSettings
+from viscope.train.run import TrainResult, plain
 from viscope.train.trainer import (
     HARDWARE_ARGS,
-    TrainerParts,
     as_list,
     canonical_precision,
     check_accelerator,
     is_plain,
     make_trainer,
     quiet,
-    remove_checkpoints,
-    select_best,
 )
 
 
@@ -70,6 +50,18 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.05,
     schedule: str = "cosine",
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    warmup_epochs: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_lr: float = 0.0,
+    min_lr: float = 0.0,
+    decay_epochs: float | None = None,
+    decay_rate: float = 0.1,
+    label_smoothing: float = 0.0,
+    objectives: ObjectivesArg = None,
+    init: InitArg = None,
+    monitor: str | None = None,
     image_size: int = 32,
     n: int | None = None,
     seed: int = 0,
@@ -87,21 +79,35 @@ def fit(
     model_kwargs: Mapping[str, Any] | None = None,
     **trainer_kwargs: Any,
 ) -> TrainResult:
-    """Train a classifier on a dataset's train split, select it on val, report test.
+    """Train a model on a dataset's train split, select it on val, report on test.
 
     Every epoch trains on the train split (augmented on the batch, see
-    :class:`~viscope.train.module.Classifier`) and measures ``val_loss`` / ``val_acc``
-    on the val split. The epoch with the best ``val_acc`` is kept (Lightning's
-    ``ModelCheckpoint``; ties keep the earlier epoch) and written to ``out/best.pt``; the
-    test split is used once, at the end, to report that model's accuracy
-    (:func:`~viscope.train.evaluate.evaluate`). The test data never reach the trainer.
+    :class:`~viscope.train.module.TrainModule`) with the sum of the ``objectives``
+    (cross-entropy by default) and validates on the val split: ``val_loss`` and each
+    objective's metrics (``val_acc`` for cross-entropy). The epoch with the best
+    ``monitor`` value is kept (Lightning's ``ModelCheckpoint``; ties keep the earlier
+    epoch) and written to ``out/best.pt``, with the weights of the objectives' own modules
+    (heads, decoders) under ``"objectives"``. The test split is used once, at the end, to
+    report that model's accuracy (:func:`~viscope.train.evaluate.evaluate`) and, with
+    objectives other than plain cross-entropy, their test losses and metrics
+    (``test_metrics``). The test data never reach the trainer.
+
+    Plug-in points (each a file of its own, not a branch here): an objective
+    (:mod:`viscope.train.objectives`: a loss term that may add trained modules and
+    validation metrics); an initialiser (``init``, :mod:`viscope.train.initialisers`:
+    called on the model with the train split after seeding, before the initial weights
+    are hashed); the optimizer and schedule (:class:`~viscope.train.optim.OptimSettings`,
+    timm's).
 
     Run folder and resume: ``out/train.json`` records the resolved configuration (model,
     dataset, split sizes and SHA-256 of the split indices, augmentation, optimisation,
-    seeds) and, when finished, the results. Calling ``fit`` again with the same ``out``:
+    objectives, initialiser, seeds) and, when finished, the results; ``out/config.yaml``
+    holds every setting of the call under ``fit``'s (and ``viscope train --config``'s)
+    names. Calling ``fit`` again with the same ``out``:
 
     - finished with the same configuration: nothing is trained; the stored result is
-      returned (``skipped=True``) and the model given is loaded with ``best.pt``;
+      returned (``skipped=True``) and the model given (and the objectives' modules) is
+      loaded with ``best.pt``;
     - interrupted with the same configuration: training resumes from Lightning's
       ``out/checkpoints/last.ckpt`` (the last finished epoch), and, since every epoch is
       reseeded from ``(seed, epoch)``, ends as the uninterrupted run would (on CPU; on
@@ -110,9 +116,10 @@ def fit(
       ``overwrite=True``, which deletes the run's files and trains again.
 
     Hardware settings (``accelerator``, ``devices``, ``num_workers``, ``progress``,
-    :data:`HARDWARE_ARGS`) are not part of the compared configuration. Neither are the
-    model's initial weights: their SHA-256 is recorded (``init_sha256``) but a model
-    initialised differently under the same name and arguments counts as the same run.
+    :data:`~viscope.train.trainer.HARDWARE_ARGS`) are not part of the compared
+    configuration. Neither are the model's initial weights: their SHA-256 is recorded
+    (``init_sha256``) but a model initialised differently under the same name and
+    arguments counts as the same run (an initialiser given as ``init`` is compared).
 
     Args:
         model: a model from :func:`viscope.models.create` whose classifier has one output
@@ -127,9 +134,28 @@ def fit(
         epochs: maximum number of epochs.
         batch_size: training batch size (per device); the last incomplete batch is
             dropped when the train split holds more than one batch.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (not on biases, norms, tokens).
-        schedule: ``"cosine"`` (per step, to 0) or ``"constant"``.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (not on biases, norms, tokens).
+        schedule: ``"cosine"`` (per step, to ``min_lr``), ``"step"`` or ``"constant"``.
+        optimizer: a timm optimizer name (``"adamw"``, ``"sgd"`` (Nesterov),
+            ``"momentum"``, ``"adam"``, ...).
+        momentum: momentum of SGD-like optimizers.
+        warmup_epochs: linear warmup from ``warmup_lr`` over this many epochs.
+        warmup_steps: the warmup in optimizer steps instead.
+        warmup_lr: the learning rate the warmup starts at.
+        min_lr: the cosine schedule's final learning rate.
+        decay_epochs: epochs between decays of the ``"step"`` schedule.
+        decay_rate: the ``"step"`` schedule's factor.
+        label_smoothing: label smoothing of the cross-entropy objective (training only).
+        objectives: the loss terms (see
+            :func:`~viscope.train.objectives.resolve_objectives`): ``None`` (cross-entropy),
+            names (``["ce", "recon:0.5"]``), a ``{name: weight}`` dict or
+            :class:`~viscope.train.objectives.Objective` objects.
+        init: an initialiser ``init(model, train_split)`` or a registered name; called
+            on fresh runs only (not when skipping or resuming).
+        monitor: the validation value that selects the best epoch (``"val_acc"`` with a
+            classifying objective, else ``"val_loss"``); names ending in ``loss`` are
+            minimised, others maximised.
         image_size: image side for named/path datasets.
         n: items for named/path datasets (``None``: the dataset's default).
         seed: seed of initialisation (for model names), data order, augmentation and
@@ -149,11 +175,11 @@ def fit(
         keep_checkpoints: keep ``out/checkpoints`` (Lightning checkpoints with optimizer
             state) after a finished run; by default only ``best.pt`` stays.
         model_kwargs: keyword arguments for :func:`viscope.models.create` when ``model``
-            is a name (e.g. ``{"img_size": 32}``).
-        **trainer_kwargs: passed to ``lightning.pytorch.Trainer`` (``strategy``,
-            ``gradient_clip_val``, ``accumulate_grad_batches``, ``deterministic``,
-            ``limit_train_batches``, ``callbacks`` (added to fit's own), ``logger`` (added
-            to the CSV logger), ...).
+            is a name (e.g. ``{"img_size": 32}``, ``{"pretrained": True}``).
+        **trainer_kwargs: passed to ``lightning.pytorch.Trainer`` (``gradient_clip_val``
+            for gradient clipping, ``strategy``, ``accumulate_grad_batches``,
+            ``deterministic``, ``limit_train_batches``, ``callbacks`` (added to fit's
+            own), ``logger`` (added to the CSV logger), ...).
 
     Returns:
         The :class:`~viscope.train.run.TrainResult`; ``model`` then holds the best weights,
@@ -161,8 +187,9 @@ def fit(
 
     Raises:
         ViscopeError: bad arguments, a dataset or model error, a model whose classifier
-            does not match the classes, a run folder holding another configuration,
-            ``accelerator="gpu"`` without a GPU, or trainer settings Lightning rejects.
+            does not match the classes, an unknown objective, initialiser or monitor, a
+            run folder holding another configuration, ``accelerator="gpu"`` without a
+            GPU, or trainer settings Lightning rejects.
 
     Example:
         >>> import tempfile
@@ -177,24 +204,34 @@ def fit(
         lg for lg in as_list(trainer_kwargs.pop("logger", None)) if isinstance(lg, Logger)
     ]
     check_accelerator(accelerator)
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_steps", max_steps, -1)
+    steps.check_int("epochs", epochs, 1)
+    steps.check_int("batch_size", batch_size, 1)
+    steps.check_int("max_steps", max_steps, -1)
     if early_stop_patience is not None:
-        _check_int("early_stop_patience", early_stop_patience, 1)
-    check_hyperparameters(lr, weight_decay, schedule)
+        steps.check_int("early_stop_patience", early_stop_patience, 1)
+    settings = OptimSettings(
+        lr=lr, weight_decay=weight_decay, optimizer=optimizer, momentum=momentum,
+        schedule=schedule, warmup_epochs=warmup_epochs, warmup_steps=warmup_steps,
+        warmup_lr=warmup_lr, min_lr=min_lr, decay_epochs=decay_epochs, decay_rate=decay_rate,
+    )
+    terms = resolve_objectives(objectives, label_smoothing=label_smoothing)
+    initialiser = resolve_init(init)
     family = resolve_family(augment)
     if family is not None:
         BatchAugment(family, augment_p)  # validates augment_p before any work
     data_seed = seed if data_seed is None else data_seed
-    splits, classes = _resolve_data(dataset, image_size, n, data_seed)
+
+    splits, classes = steps.resolve_data(dataset, image_size, n, data_seed)
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = _resolve_model(model, len(classes), model_kwargs)
+    model = steps.resolve_model(model, len(classes), model_kwargs)
+    module = TrainModule(model, len(classes), objectives=terms, optim=settings,
+                         augment=family, augment_p=augment_p, seed=seed)
+    monitor, mode = steps.resolve_monitor(monitor, module)
     named = not isinstance(dataset, Mapping)  # a name or path: its size/n/seed make the data
     config = plain(
         {
-            "model": _model_record(model),
-            "dataset": _dataset_label(dataset),
+            "model": steps.model_record(model, model_kwargs),
+            "dataset": steps.dataset_label(dataset),
             "classes": classes,
             "splits": {s: split_record(part, image_shape=not named) for s, part in splits.items()},
             "image_size": image_size if named else None,
@@ -206,10 +243,11 @@ def fit(
             "epochs": epochs,
             "max_steps": max_steps,
             "batch_size": batch_size,
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "schedule": schedule,
-            "optimizer": "AdamW (timm parameter groups: no decay on biases, norms, tokens)",
+            **settings.describe(),
+            # recorded only when not the default, so earlier runs still match
+            **({} if is_default(terms) else {"objectives": [o.describe() for o in terms]}),
+            **({} if init is None else {"init": describe_init(init)}),
+            **({} if monitor == "val_acc" else {"monitor": monitor}),
             "precision": canonical_precision(precision),
             "early_stop_patience": early_stop_patience,
             "trainer": {
@@ -217,16 +255,27 @@ def fit(
             },
         }
     )
-    run = _Run(Path(out), config, splits, classes, model, started)
-    skipped = _resume_or_skip(run, overwrite)
-    if skipped is not None:
-        return skipped
-    _start_record(run, hardware={"accelerator": accelerator, "devices": devices,
-                                 "num_workers": num_workers, **trainer_kwargs})
-    module = _build_module(
-        run, lr=lr, weight_decay=weight_decay, schedule=schedule, augment=family,
-        augment_p=augment_p, seed=seed,
-    )
+
+    run = steps.Run(Path(out), config, splits, classes, model, module, started)
+    steps.resume_or_skip(run, overwrite)
+    if run.stored is None and run.resume is None and initialiser is not None:
+        initialiser(model, splits["train"])  # fresh runs only: a checkpoint has the weights
+    steps.setup_objectives(run)
+    if run.stored is not None:
+        return steps.skipped_result(run)
+    hardware = {"accelerator": accelerator, "devices": devices, "num_workers": num_workers,
+                **trainer_kwargs}
+    steps.start_record(run, hardware)
+    steps.write_settings(run, {
+        **_command_line_names(config, terms, init),
+        "image_size": image_size, "n": n, "seed": seed, "data_seed": data_seed,
+        "augment": None if family is None else family.name, "augment_p": augment_p,
+        "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+        **settings.as_dict(), "label_smoothing": label_smoothing, "monitor": monitor,
+        "precision": canonical_precision(precision), "early_stop_patience": early_stop_patience,
+        "accelerator": accelerator, "devices": devices, "num_workers": num_workers,
+        "trainer": {k: v for k, v in trainer_kwargs.items() if is_plain(v)},
+    })
     options: dict[str, Any] = {
         "default_root_dir": run.out,
         "max_epochs": epochs,
@@ -242,212 +291,25 @@ def fit(
     }
     with quiet():
         parts = make_trainer(
-            run.out, monitor="val_acc", mode="max", early_stop_patience=early_stop_patience,
+            run.out, monitor=monitor, mode=mode, early_stop_patience=early_stop_patience,
             extra_callbacks=extra_callbacks, extra_loggers=extra_loggers, options=options,
         )
-        best_val, best_epoch = _train(run, module, parts, batch_size, num_workers)
-    return _finish(run, parts, best_val, best_epoch, batch_size=batch_size,
-                   num_workers=num_workers, keep_checkpoints=keep_checkpoints)
+        best_score, best_epoch = steps.train(run, parts, batch_size, num_workers)
+    return steps.finish(run, parts, monitor, best_score, best_epoch, batch_size=batch_size,
+                        num_workers=num_workers, keep_checkpoints=keep_checkpoints)
 
 
-# -- the steps ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What the steps of one ``fit`` call share: the folder, the data, the model, the
-    configuration compared on resume and the record written to ``train.json``."""
-
-    out: Path
-    config: dict[str, Any]
-    splits: dict[str, Dataset]
-    classes: list[str]
-    model: nn.Module
-    started: float
-    resume: Path | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-    previous: pd.DataFrame | None = None  # metrics.csv of the sessions before a resume
-
-
-def _resolve_data(
-    dataset: DatasetArg, image_size: int, n: int | None, data_seed: int
-) -> tuple[dict[str, Dataset], list[str]]:
-    """The train/val(/test) splits and their shared class names."""
-    splits = resolve_splits(dataset, image_size=image_size, n=n, seed=data_seed)
-    return splits, class_names(splits)
-
-
-def _resume_or_skip(run: _Run, overwrite: bool) -> TrainResult | None:
-    """The stored result of a finished run (the model gets its best weights), else
-    ``None`` with ``run.resume`` set to the checkpoint to resume from, if any."""
-    state = prepare_folder(run.out, run.config, overwrite)
-    if isinstance(state, dict):
-        _load_best(run.model, run.out / BEST)
-        run.model.eval()
-        return TrainResult.from_record(run.out, state, skipped=True, model=run.model)
-    run.resume = state
-    return None
-
-
-def _start_record(run: _Run, hardware: Mapping[str, Any]) -> None:
-    """Write ``train.json`` with status ``running`` (rank 0), keeping what a resumed run
-    needs: the metrics of its earlier sessions."""
-    run.record = {
-        "status": "running",
-        "config": run.config,
-        "hardware": plain(
-            {
-                k: v
-                for k, v in hardware.items()
-                if (k in HARDWARE_ARGS or k == "num_workers") and is_plain(v)
-            }
-        ),
-        "init_sha256": state_sha256(run.model),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "resumed_from": str(run.resume) if run.resume else None,
+def _command_line_names(
+    config: Mapping[str, Any], terms: list[Objective], init: InitArg
+) -> dict[str, Any]:
+    """The model, data, objectives and initialiser of ``config.yaml``, under the names
+    ``viscope train --config`` reads (``num_classes`` comes from the data there)."""
+    model = config["model"]
+    return {
+        "model": model["name"],
+        "model_args": {k: v for k, v in model["kwargs"].items() if k != "num_classes"},
+        "pretrained": bool(model.get("pretrained", False)),
+        "dataset": config["dataset"],
+        "objectives": [f"{o.name}:{o.weight:g}" for o in terms],
+        "init": init if init is None or isinstance(init, str) else describe_init(init),
     }
-    if getattr(rank_zero_only, "rank", 0) == 0:
-        atomic_write_json(run.out / RECORD, run.record)
-    if run.resume and (run.out / METRICS).is_file():
-        run.previous = pd.read_csv(run.out / METRICS)
-
-
-def _build_module(run: _Run, **settings: Any) -> Classifier:
-    """The Lightning module that trains ``run.model``."""
-    return Classifier(run.model, len(run.classes), **settings)
-
-
-def _train(
-    run: _Run, module: Classifier, parts: TrainerParts, batch_size: int, num_workers: int
-) -> tuple[float, int]:
-    """Fit on the train split, validating every epoch; load the best epoch into the
-    module and return its (validation score, epoch)."""
-    trainer = parts.trainer
-    pin = trainer.strategy.root_device.type == "cuda"
-    train_size = len(run.splits["train"])  # type: ignore[arg-type]
-    train_loader = make_loader(
-        run.splits["train"],
-        batch_size,
-        shuffle_seed=int(run.config["seed"]),
-        drop_last=train_size > batch_size,
-        num_workers=num_workers,
-        pin_memory=pin,
-    )
-    val_loader = make_loader(run.splits["val"], batch_size, num_workers=num_workers, pin_memory=pin)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=run.resume or None)
-    return select_best(parts.best, module)
-
-
-def _finish(
-    run: _Run,
-    parts: TrainerParts,
-    best_val: float,
-    best_epoch: int,
-    *,
-    batch_size: int,
-    num_workers: int,
-    keep_checkpoints: bool,
-) -> TrainResult:
-    """Rank 0: merge the metrics, report test accuracy once, write ``best.pt`` and the
-    finished record; every rank: return the result with the best weights, in eval mode."""
-    trainer, out, model = parts.trainer, run.out, run.model
-    if trainer.is_global_zero:
-        metrics = merge_metrics(run.previous, out / METRICS)
-        if run.previous is not None and not metrics.empty:
-            atomic_write(out / METRICS, lambda p: metrics.to_csv(p, index=False))
-        history = history_from_metrics(metrics)
-        test_acc = None
-        if "test" in run.splits:
-            test_acc = evaluate(
-                model,
-                run.splits["test"],
-                batch_size=max(batch_size, 256),
-                device=trainer.strategy.root_device,
-                num_workers=num_workers,
-            )
-        models.save_checkpoint(
-            model,
-            out / BEST,
-            epoch=best_epoch,
-            val_acc=best_val,
-            test_acc=test_acc,
-            classes=run.classes,
-            augment=run.config["augment"],
-            seed=run.config["seed"],
-        )
-        run.record.update(
-            status="finished",
-            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            epochs_run=int(history["epoch"].max()) + 1 if len(history) else trainer.current_epoch,
-            steps=trainer.global_step,
-            best_epoch=best_epoch,
-            best_val_acc=best_val,
-            test_acc=test_acc,
-            seconds=time.perf_counter() - run.started,
-            images_per_second=parts.meter.images_per_second(),
-            throughput_note="training images/s, first epoch excluded when several were run "
-            "in this session; validation and checkpoint writing not counted",
-            history=plain(history.to_dict("records")),
-            environment=environment(),
-        )
-        atomic_write_json(out / RECORD, run.record)
-        if not keep_checkpoints:
-            remove_checkpoints(out / CHECKPOINTS)
-    trainer.strategy.barrier()
-    final = read_record(out)
-    if not trainer.is_global_zero:
-        _load_best(model, out / BEST)
-    model.eval()
-    return TrainResult.from_record(out, final or run.record, skipped=False, model=model)
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _model_record(model: nn.Module) -> dict[str, Any]:
-    spec = spec_of(model)
-    return {"name": spec.name, "kwargs": spec.kwargs}  # type: ignore[union-attr]
-
-
-def _resolve_model(
-    model: nn.Module | str | os.PathLike[str],
-    num_classes: int,
-    model_kwargs: Mapping[str, Any] | None,
-) -> nn.Module:
-    if isinstance(model, str | os.PathLike):
-        model = models.create(model, num_classes=num_classes, **dict(model_kwargs or {}))
-    elif model_kwargs:
-        raise ViscopeError(
-            f"Expected model_kwargs only with a model name; got a {type(model).__name__} and "
-            f"model_kwargs={dict(model_kwargs)}. Pass them to viscope.models.create instead."
-        )
-    if not isinstance(model, nn.Module) or spec_of(model) is None:
-        raise ViscopeError(
-            f"Expected a model made by viscope.models.create (so that best.pt can rebuild "
-            f"it) or a model name; got {type(model).__name__}. Use "
-            "viscope.models.create(name, num_classes=...)."
-        )
-    head = getattr(unwrap(model), "num_classes", None)
-    if isinstance(head, int) and head != num_classes:
-        raise ViscopeError(
-            f"Expected a classifier with {num_classes} outputs (one per class of the "
-            f"dataset); got a model with num_classes={head}. Create it with "
-            f"num_classes={num_classes}."
-        )
-    return model
-
-
-def _load_best(model: nn.Module, path: Path) -> None:
-    load_weights(unwrap(model), extract_state_dict(read_checkpoint(path)), repr(str(path)))
-
-
-def _dataset_label(dataset: DatasetArg) -> str:
-    if isinstance(dataset, Mapping):
-        kinds = sorted({type(d).__name__ for d in dataset.values()})
-        return "dict of " + ", ".join(kinds)
-    return os.fspath(dataset)
-
-
-def _check_int(what: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ViscopeError(f"Expected {what} to be an int >= {minimum}; got {value!r}.")

@@ -1,19 +1,18 @@
-"""The Lightning module for classification: cross-entropy, AdamW, augmentation on the batch."""
+"""The Lightning module of ``fit``: objectives, timm optimizer and schedule, augmentation."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import timm.optim
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from viscope.errors import ViscopeError
-from viscope.models import unwrap
 from viscope.train.augment import (
     AugmentArg,
     BatchAugment,
@@ -21,52 +20,29 @@ from viscope.train.augment import (
     mix_seed,
     resolve_family,
 )
+from viscope.train.features import forward_with_features
+from viscope.train.objectives import Objective, ObjectivesArg, Step, resolve_objectives
+from viscope.train.optim import SCHEDULES, OptimSettings, make_optimizer, make_scheduler
 
-SCHEDULES = ("cosine", "constant")
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with timm's parameter groups: no weight decay on biases, norms and tokens.
-
-    timm's ``create_optimizer_v2`` puts 1-D parameters (biases, norm weights) and the
-    network's ``no_weight_decay()`` names (ViT position embedding, class token) in a
-    group without decay, the usual recipe for ViTs and CNNs alike.
-
-    Args:
-        model: the model (a viscope wrapper is unwrapped to find ``no_weight_decay``).
-        lr: learning rate.
-        weight_decay: decoupled weight decay of the other parameters.
-
-    Returns:
-        The optimizer.
-    """
-    return timm.optim.create_optimizer_v2(unwrap(model), "adamw", lr=lr, weight_decay=weight_decay)
+__all__ = ["SCHEDULES", "Classifier", "TrainModule", "check_hyperparameters", "make_optimizer"]
 
 
 def check_hyperparameters(lr: float, weight_decay: float, schedule: str) -> None:
     """Raise a :class:`ViscopeError` for a bad learning rate, weight decay or schedule."""
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise ViscopeError(f"Expected lr > 0; got {lr!r}.")
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, int | float)
-        or weight_decay < 0
-    ):
-        raise ViscopeError(f"Expected weight_decay >= 0; got {weight_decay!r}.")
-    if schedule not in SCHEDULES:
-        raise ViscopeError(
-            f"Expected schedule to be one of {', '.join(SCHEDULES)}; got {schedule!r}."
-        )
+    OptimSettings(lr=lr, weight_decay=weight_decay, schedule=schedule,
+                  decay_epochs=1.0 if schedule == "step" else None)
 
 
-class Classifier(pl.LightningModule):
-    """Train any classification model (e.g. from ``viscope.models.create``) with Lightning.
+class TrainModule(pl.LightningModule):
+    """Train a model (e.g. from ``viscope.models.create``) on a sum of objectives.
 
-    Training: cross-entropy on logits; if an augmentation family is given, every training
-    batch is augmented on the model's device inside :meth:`training_step`, one random
-    parameter per image drawn uniformly from the family's range (with probability
-    ``augment_p`` per image; ``1.0`` augments every image). Augmentation runs in float32
-    outside autocast, so mixed precision affects the model, not the transformation.
+    Training: the loss is ``sum(weight * objective.loss(step))`` over the objectives
+    (:mod:`viscope.train.objectives`; cross-entropy by default). If an augmentation family
+    is given, every training batch is augmented on the model's device inside
+    :meth:`training_step`, one random parameter per image drawn uniformly from the
+    family's range (with probability ``augment_p`` per image). Augmentation runs in float32
+    outside autocast; the images are then cast to the model's floating dtype (a
+    ``.double()`` or bfloat16 model trains on float32 data).
 
     Randomness: at the start of every training epoch the augmentation generator and torch's
     global generator (dropout, drop-path) are reseeded from ``(seed, rank, epoch)``. An
@@ -74,25 +50,32 @@ class Classifier(pl.LightningModule):
     the checkpoint of epoch ``k`` continues exactly as an uninterrupted one, and each DDP
     process draws different parameters.
 
-    Logged: ``train_loss`` (epoch mean), ``val_loss`` and ``val_acc`` (each validation
-    epoch), ``test_loss`` and ``test_acc`` (in ``trainer.test``).
+    Logged: ``train_loss`` (epoch mean), ``val_loss`` and each objective's metrics as
+    ``val_<key>`` (``val_acc`` for cross-entropy); with several objectives also each term
+    as ``train_<name>_loss`` and ``val_<name>_loss``.
 
     Args:
         model: the network; takes images in [0, 1], returns logits (B, num_classes).
         num_classes: number of classes.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases, norms and tokens).
-        schedule: ``"cosine"`` (per step, down to 0 at the last step) or ``"constant"``.
+        objectives: see :func:`~viscope.train.objectives.resolve_objectives`; objectives
+            whose ``setup`` builds modules must have been set up (``fit`` does it).
+        optim: the optimizer and schedule; ``None``: built from ``lr``, ``weight_decay``
+            and ``schedule``.
+        lr: AdamW learning rate (without ``optim``).
+        weight_decay: AdamW weight decay (without ``optim``).
+        schedule: ``"cosine"`` or ``"constant"`` (without ``optim``).
         augment: ``None``, a family name or a :class:`~viscope.transforms.Family`.
         augment_p: probability that a training image is augmented.
         seed: seed of the augmentation parameters and of the per-epoch reseeding.
 
     Attributes:
         model: the network.
+        objectives: the objectives (an ``nn.ModuleList``: their modules train and are
+            checkpointed with the model).
         augment: the :class:`BatchAugment`, or ``None``.
 
     Raises:
-        ViscopeError: bad hyper-parameters or an unknown family.
+        ViscopeError: bad hyper-parameters, objectives or an unknown family.
     """
 
     def __init__(
@@ -100,6 +83,8 @@ class Classifier(pl.LightningModule):
         model: nn.Module,
         num_classes: int,
         *,
+        objectives: ObjectivesArg = None,
+        optim: OptimSettings | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         schedule: str = "cosine",
@@ -108,32 +93,46 @@ class Classifier(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        check_hyperparameters(lr, weight_decay, schedule)
+        self.optim = optim or OptimSettings(lr=lr, weight_decay=weight_decay, schedule=schedule)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ViscopeError(f"Expected num_classes >= 2; got {num_classes!r}.")
         self.model = model
+        made = resolve_objectives(objectives)
+        self.objectives = nn.ModuleList(made)
+        self._uses_features = any(o.uses_features for o in made)
         family = resolve_family(augment)
         self.augment = BatchAugment(family, augment_p, seed) if family is not None else None
         self.seed = int(seed)
         self.save_hyperparameters(
             {
                 "num_classes": num_classes,
-                "lr": float(lr),
-                "weight_decay": float(weight_decay),
-                "schedule": schedule,
+                **self.optim.as_dict(),
+                "objectives": [o.describe() for o in made],
                 "augment": describe_family(family),
                 "augment_p": float(augment_p),
                 "seed": self.seed,
             }
         )
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.metric_sets = nn.ModuleDict(
+            {stage: nn.ModuleDict(_metrics_of(made, num_classes)) for stage in ("val", "test")}
+        )
+        self.mean_losses = nn.ModuleDict(
+            {stage: nn.ModuleDict({k: MeanMetric() for k in self.loss_names()})
+             for stage in ("val", "test")}
+        )
         # Lightning's self.log costs about a millisecond a call, so per-step values are
         # accumulated here and logged once per epoch.
-        self._loss_sum = torch.zeros(())
+        self._loss_sums: dict[str, Tensor] = {}
         self._loss_count = 0
+
+    def loss_names(self) -> list[str]:
+        """``"loss"`` and, with several objectives, ``"<name>_loss"`` for each."""
+        terms = [f"{o.name}_loss" for o in self.objectives] if len(self.objectives) > 1 else []
+        return ["loss", *terms]
+
+    def logged_names(self) -> list[str]:
+        """What validation logs: ``val_loss``, the terms and the metrics (``val_acc``)."""
+        return [f"val_{k}" for k in (*self.loss_names(), *self.metric_sets["val"])]
 
     @property
     def last_params(self) -> Tensor | None:
@@ -147,14 +146,30 @@ class Classifier(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of ``images`` (B, C, H, W) in [0, 1]."""
-        return self.model(images)
+        return self.model(self.to_model_dtype(images))
+
+    def to_model_dtype(self, images: Tensor) -> Tensor:
+        """``images`` in the model's floating dtype (unchanged when it already is)."""
+        param = next(self.model.parameters(), None)
+        if param is None or not param.is_floating_point() or param.dtype == images.dtype:
+            return images
+        return images.to(param.dtype)
+
+    def make_step(self, stage: str, images: Tensor, batch: Sequence[Any]) -> Step:
+        """Run the model on ``images`` and wrap what the objectives read."""
+        images = self.to_model_dtype(images)
+        if self._uses_features:
+            outputs, features = forward_with_features(self.model, images)
+        else:
+            outputs, features = self.model(images), None
+        return Step(stage, images, batch, outputs, features, self.model)
 
     def on_train_epoch_start(self) -> None:
         rank, epoch = self.global_rank, self.current_epoch
         torch.manual_seed(mix_seed(self.seed, rank, epoch, 0))
         if self.augment is not None:
             self.augment.reseed(mix_seed(self.seed, rank, epoch, 1))
-        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_sums = {k: torch.zeros((), device=self.device) for k in self.loss_names()}
         self._loss_count = 0
 
     def augment_batch(self, images: Tensor) -> Tensor:
@@ -164,52 +179,113 @@ class Classifier(pl.LightningModule):
         with torch.autocast(images.device.type, enabled=False):
             return self.augment(images.float()).to(images.dtype)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch[0], batch[1]
-        logits = self.model(self.augment_batch(images))
-        loss = F.cross_entropy(logits.float(), labels)
-        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach() * len(labels)
-        self._loss_count += len(labels)
-        return loss
+    def _losses(self, step: Step) -> dict[str, Tensor]:
+        """``{"loss": weighted sum, "<name>_loss": term, ...}`` of one step."""
+        terms = {f"{o.name}_loss": o.loss(step) for o in self.objectives}
+        weighted = [o.weight * t for o, t in zip(self.objectives, terms.values(), strict=True)]
+        total = weighted[0]
+        for term in weighted[1:]:
+            total = total + term
+        return {"loss": total, **terms} if len(terms) > 1 else {"loss": total}
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        step = self.make_step("train", self.augment_batch(batch[0]), batch)
+        losses = self._losses(step)
+        n = len(batch[1])
+        for key, value in losses.items():
+            self._loss_sums[key] = self._loss_sums[key].to(value.device) + value.detach() * n
+        self._loss_count += n
+        return losses["loss"]
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
-            mean = self._loss_sum / self._loss_count
-            self.log("train_loss", mean, on_step=False, on_epoch=True, sync_dist=True)
+            for key, total in self._loss_sums.items():
+                self.log(f"train_{key}", total / self._loss_count, on_step=False,
+                         on_epoch=True, sync_dist=True)
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        images, labels = batch[0], batch[1]
-        logits = self.model(images).float()
-        loss = F.cross_entropy(logits, labels)
-        accuracy, mean_loss = (
-            (self.val_acc, self.val_loss) if stage == "val" else (self.test_acc, self.test_loss)
-        )
-        accuracy.update(logits, labels)
-        mean_loss.update(loss.detach(), weight=len(labels))
-        return loss
+    def _eval_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
+        step = self.make_step(stage, batch[0], batch)
+        losses = self._losses(step)
+        metrics = self.metric_sets[stage]
+        for objective in self.objectives:
+            objective.update(metrics, step)
+        for key, value in losses.items():
+            self.mean_losses[stage][key].update(value.detach(), weight=len(batch[1]))
+        return losses["loss"]
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         return self._eval_step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         return self._eval_step(batch, "test")
 
+    def _log_stage(self, stage: str) -> None:
+        for key, mean in self.mean_losses[stage].items():
+            self.log(f"{stage}_{key}", mean, on_epoch=True)
+        for key, metric in self.metric_sets[stage].items():
+            self.log(f"{stage}_{key}", metric, on_epoch=True)
+
     def on_validation_epoch_end(self) -> None:
-        self.log("val_loss", self.val_loss, on_epoch=True)
-        self.log("val_acc", self.val_acc, on_epoch=True)
+        self._log_stage("val")
 
     def on_test_epoch_end(self) -> None:
-        self.log("test_loss", self.test_loss, on_epoch=True)
-        self.log("test_acc", self.test_acc, on_epoch=True)
+        self._log_stage("test")
+
+    @torch.no_grad()
+    def evaluate_split(self, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """The test losses and metrics of ``loader`` (``{"test_loss": ..., "test_<key>": ...}``),
+        computed by the validation code without a trainer; the mode is restored after."""
+        modes = {m: m.training for m in self.modules()}
+        self.eval()
+        try:
+            for batch in loader:
+                self._eval_step([t.to(device) for t in batch], "test")
+            values = {f"test_{k}": m.compute() for k, m in self.mean_losses["test"].items()}
+            values.update({f"test_{k}": m.compute() for k, m in self.metric_sets["test"].items()})
+            return {k: float(v) for k, v in values.items()}
+        finally:
+            for metric in (*self.mean_losses["test"].values(), *self.metric_sets["test"].values()):
+                metric.reset()
+            for m, training in modes.items():
+                m.training = training
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = make_optimizer(self.model, hp["lr"], hp["weight_decay"])
-        if hp["schedule"] == "constant":
+        optimizer = make_optimizer(self.model, settings=self.optim, extra=self.objectives)
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))  # sets up the train data too
+        batches = trainer.num_training_batches
+        per_epoch = (
+            max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+            if math.isfinite(batches)
+            else total
+        )
+        scheduler = make_scheduler(optimizer, self.optim, total, per_epoch)
+        if scheduler is None:
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        # timm's schedulers take the number of updates done (Lightning has counted this one)
+        scheduler.step_update(num_updates=self.global_step)
+
+
+#: The module's name in earlier versions, when it trained classifiers only.
+Classifier = TrainModule
+
+
+def _metrics_of(objectives: Sequence[Objective], num_classes: int) -> dict[str, Any]:
+    """Every objective's metrics by key (refusing a key two objectives share)."""
+    metrics: dict[str, Any] = {}
+    for objective in objectives:
+        for key, metric in objective.metrics(num_classes).items():
+            if key in metrics or key.endswith("loss"):
+                raise ViscopeError(
+                    f"Expected metric names unique across objectives and not ending in "
+                    f"'loss' (losses are logged apart); objective {objective.name!r} gives "
+                    f"{key!r}. Rename the metric."
+                )
+            metrics[key] = metric
+    return metrics

@@ -25,11 +25,12 @@ from viscope.errors import ViscopeError
 from viscope.models import unwrap
 
 RECORD = "train.json"
+SETTINGS = "config.yaml"
 BEST = "best.pt"
 METRICS = "metrics.csv"
 CHECKPOINTS = "checkpoints"
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_acc")
-_OUTPUTS = (RECORD, BEST, METRICS, "hparams.yaml", CHECKPOINTS, "tensorboard")
+_OUTPUTS = (RECORD, SETTINGS, BEST, METRICS, "hparams.yaml", CHECKPOINTS, "tensorboard")
 
 
 @dataclass
@@ -37,11 +38,14 @@ class TrainResult:
     """What :func:`viscope.train.fit` produced.
 
     Attributes:
-        checkpoint: ``best.pt``, the weights of the epoch with the best ``val_acc``
+        checkpoint: ``best.pt``, the weights of the epoch with the best ``monitor`` value
             (``viscope.models.create(checkpoint)`` rebuilds the model).
-        best_val_acc: validation accuracy of that epoch.
-        test_acc: accuracy of that model on the test split (``None`` without one).
-        history: one row per epoch: ``epoch, train_loss, val_loss, val_acc``.
+        best_val_acc: validation accuracy of that epoch (``None`` when no objective
+            measured accuracy).
+        test_acc: accuracy of that model on the test split (``None`` without one, or
+            without a classifying objective).
+        history: one row per epoch: ``epoch, train_loss, val_loss, val_acc``, then any
+            other logged value (``train_<name>_loss``, ``val_<metric>``, ...).
         seconds: wall time of the ``fit`` call that finished the run.
         out: the run folder.
         best_epoch: the epoch (from 0) of ``checkpoint``.
@@ -50,10 +54,14 @@ class TrainResult:
             several (see :class:`~viscope.train.callbacks.ThroughputMeter`).
         skipped: ``True`` when the run was already finished and nothing was trained.
         model: the trained model (best weights), when ``fit`` was given or built one.
+        monitor: the validation value that selected the epoch (``"val_acc"``).
+        best_score: its value at that epoch.
+        test_metrics: test losses and metrics of objectives other than plain
+            cross-entropy (``{"test_loss": ..., "test_<key>": ...}``), else ``None``.
     """
 
     checkpoint: Path
-    best_val_acc: float
+    best_val_acc: float | None
     test_acc: float | None
     history: pd.DataFrame
     seconds: float
@@ -63,6 +71,9 @@ class TrainResult:
     images_per_second: float | None
     skipped: bool = False
     model: nn.Module | None = field(default=None, repr=False)
+    monitor: str = "val_acc"
+    best_score: float | None = None
+    test_metrics: dict[str, float] | None = None
 
     @classmethod
     def from_record(
@@ -71,7 +82,7 @@ class TrainResult:
         """Rebuild the result stored in a finished run's ``train.json``."""
         return cls(
             checkpoint=out / BEST,
-            best_val_acc=float(record["best_val_acc"]),
+            best_val_acc=_float_or_none(record.get("best_val_acc")),
             test_acc=None if record.get("test_acc") is None else float(record["test_acc"]),
             history=history_frame(record.get("history") or []),
             seconds=float(record["seconds"]),
@@ -81,6 +92,9 @@ class TrainResult:
             images_per_second=record.get("images_per_second"),
             skipped=skipped,
             model=model,
+            monitor=str(record.get("monitor", "val_acc")),
+            best_score=_float_or_none(record.get("best_score", record.get("best_val_acc"))),
+            test_metrics=record.get("test_metrics"),
         )
 
 
@@ -150,10 +164,14 @@ def clear_run(out: Path) -> None:
 
 
 def history_frame(rows: Any) -> pd.DataFrame:
-    """A per-epoch history table with the columns :data:`HISTORY_COLUMNS`."""
-    frame = pd.DataFrame(list(rows), columns=list(HISTORY_COLUMNS))
+    """A per-epoch history table: the columns :data:`HISTORY_COLUMNS`, then the other
+    logged values of the rows (sorted by name)."""
+    rows = list(rows)
+    others = sorted({k for r in rows for k in r if k not in HISTORY_COLUMNS and k != "step"})
+    columns = [*HISTORY_COLUMNS, *others]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["epoch"] = frame["epoch"].astype("int64")
-    return frame.astype({c: "float64" for c in HISTORY_COLUMNS[1:]})
+    return frame.astype({c: "float64" for c in columns[1:]})
 
 
 def history_from_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +182,12 @@ def history_from_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
     for column in HISTORY_COLUMNS:
         if column not in frame:
             frame[column] = float("nan")
-    return history_frame(frame[list(HISTORY_COLUMNS)].to_dict("records"))
+    logged = [c for c in frame.columns if c.startswith(("train_", "val_"))]
+    return history_frame(frame[list(dict.fromkeys([*HISTORY_COLUMNS, *logged]))].to_dict("records"))
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def merge_metrics(previous: pd.DataFrame | None, path: Path) -> pd.DataFrame:
