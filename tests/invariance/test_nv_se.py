@@ -2,23 +2,30 @@
 independent brute force.
 
 An exactly equivariant layer must read ~0 per layer; on warps that are not exact
-(rotations by other angles, scales) the per-layer value must equal a brute force written
-here: plain hooks that clone, the full N x M x units array, the inverse warp, the valid
-mask (ones warped forward and back, valid where ~1 under every parameter value), NumPy
-TV / SV restricted to valid positions, constant units left out.
+(rotations by other angles, scales) the per-layer value must equal the brute force of
+``nv_se_reference.py``: plain hooks that clone, the full N x M x units array, the inverse
+warp, the valid mask (ones warped forward and back, valid where ~1 under every parameter
+value), NumPy TV / SV restricted to valid positions, constant units left out.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from torchvision.ops.misc import Permute
 
 from viscope import data as vdata
 from viscope.invariance import measure
 from viscope.transforms import create as family
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nv_se_reference import reference_nv_se  # noqa: E402
 
 SHIFT = {"low": -0.125, "high": 0.125}  # +-4 px at 32 px: whole pixels
 QUARTER = {"low": 0.0, "high": 270.0}  # 0, 90, 180, 270 degrees with params=4
@@ -84,47 +91,6 @@ def test_exactly_equivariant_layers_read_zero_per_layer(transform, layer):
     assert spatial.per_layer().iloc[0]["nv"] < 1e-5
 
 
-def brute_valid(fam, grid, h, w) -> np.ndarray:
-    """Ones warped forward and back at (h, w), valid where >= 1 - 1e-3 for every value."""
-    ones = torch.ones(len(grid), 1, h, w, dtype=torch.float64)
-    back = fam.inverse(fam.apply(ones, grid), grid)
-    return (back[:, 0] >= 1 - 1e-3).all(0).numpy()
-
-
-def brute_nv_se(net, ds, fam, grid, layer, spatial=False, channels_last=False):
-    """Per-layer nv, tv, sv of nv_se, from the full activation grid."""
-    x = ds.tensors[0]
-    n, m = len(x), len(grid)
-    params = grid.repeat(n, *([1] * (grid.ndim - 1)))
-    images = fam.apply(x.repeat_interleave(m, 0), params)
-    out = {}
-    module = dict(net.named_modules())[layer]
-    handle = module.register_forward_hook(lambda mod, i, o: out.setdefault("a", o.clone()))
-    try:
-        with torch.no_grad():
-            net(images)
-    finally:
-        handle.remove()
-    a = out["a"].permute(0, 3, 1, 2) if channels_last else out["a"]
-    a = fam.inverse(a, params).double().numpy()
-    h, w = a.shape[-2:]
-    a = a.reshape(n, m, *a.shape[1:])  # (N, M, C, h, w)
-    valid = brute_valid(fam, grid, h, w)
-    tv = a.std(axis=1, ddof=1).mean(0)  # (C, h, w)
-    sv = a.std(axis=0, ddof=1).mean(0)
-    # constant to float32 precision: TV and SV within 16 eps of the layer's RMS
-    floor = 16 * np.finfo(np.float32).eps * np.sqrt((a[:, :, :, valid] ** 2).mean())
-    if spatial:  # per channel, over valid positions
-        tv = np.where(valid, tv, 0).sum((1, 2)) / valid.sum()
-        sv = np.where(valid, sv, 0).sum((1, 2)) / valid.sum()
-        counted = (tv > floor) | (sv > floor)
-    else:
-        counted = valid & ((tv > floor) | (sv > floor))
-        tv, sv = np.where(valid, tv, np.nan), np.where(valid, sv, np.nan)
-    return {"nv": (tv[counted] / sv[counted]).mean(), "tv": np.nanmean(tv),
-            "sv": np.nanmean(sv), "valid": valid, "counted": counted}
-
-
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(),
@@ -146,7 +112,7 @@ def test_nv_se_equals_bruteforce_on_valid_positions(transform, kwargs, spatial):
     r = measure(net, ds, fam, measure="nv_se", params=6, samples=10, layers=["0", "2"],
                 batch_size=13, spatial=spatial)
     for layer in ("0", "2"):
-        ref = brute_nv_se(net, ds, fam, grid, layer, spatial=spatial)
+        ref = reference_nv_se(net, ds.tensors[0], fam, grid, layer, spatial=spatial)
         assert 0 < ref["valid"].sum() < ref["valid"].size  # the mask matters here
         row = r.per_layer().set_index("layer").loc[layer]
         for q in ("nv", "tv", "sv"):
@@ -160,7 +126,7 @@ def test_constant_units_are_left_out_of_the_layer_mean():
     net, ds = wrap(conv1x1(bias=0.5)), bordered(n=8, size=24, border=6)
     fam = family("rotation")
     r = measure(net, ds, fam, measure="nv_se", params=6, samples=8, layers=["0"])
-    ref = brute_nv_se(net, ds, fam, fam.grid(6), "0")
+    ref = reference_nv_se(net, ds.tensors[0], fam, fam.grid(6), "0")
     per_unit = r.per_unit("0")
     assert per_unit.shape == (4, 24, 24)
     # the same units are counted: valid and not constant
@@ -181,3 +147,18 @@ def test_shapes_translation_1x1_conv_reads_below_plain_nv():
     se = measure(net, ds, "translation", measure="nv_se", **kw).per_layer().iloc[0]["nv"]
     plain = measure(net, ds, "translation", **kw).per_layer().iloc[0]["nv"]
     assert se < 0.25 * plain, (se, plain)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_channels_last_layer_equals_the_same_maps_channels_first(spatial):
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.Flatten())
+    # the same convolution, its output permuted to (B, H, W, C) as Swin's stages are
+    last = nn.Sequential(nn.Sequential(first[0], Permute([0, 2, 3, 1])), nn.Flatten())
+    kw = dict(measure="nv_se", params=5, samples=10, layers=["0"], spatial=spatial)
+    a = measure(first, full(), "rotation", **kw)
+    b = measure(last, full(), "rotation", **kw)
+    assert b.layouts["0"] == "hwc" and a.layouts["0"] == "chw"
+    for q in ("tv", "sv", "nv"):
+        np.testing.assert_array_equal(b.per_unit("0", q), a.per_unit("0", q))
+    assert b.per_unit("0").shape == ((5,) if spatial else (5, 24, 24))

@@ -146,7 +146,7 @@ def measure(
         values = _run(setup, plan, states, progress, resume, save_every)
     finally:
         setup.model.train(was_training)
-    return _result(setup, plan, values)
+    return _result(setup, plan, {nm: st.unit_shape for nm, st in states.items()}, values)
 
 
 @dataclass(frozen=True)
@@ -328,9 +328,10 @@ def _run(setup: _Setup, plan: _Plan, states: dict[str, LayerState],
     return values
 
 
-def _result(setup: _Setup, plan: _Plan, values: dict[str, dict[str, Any]]
-            ) -> InvarianceResult:
-    """The :class:`InvarianceResult` of the computed per-unit values."""
+def _result(setup: _Setup, plan: _Plan, shapes: dict[str, tuple[int, ...]],
+            values: dict[str, dict[str, Any]]) -> InvarianceResult:
+    """The :class:`InvarianceResult` of the computed per-unit values; ``shapes`` are the
+    unit shapes the states saw (for ``nv_se``: (C, h, w) whatever the layer's layout)."""
     s = setup
     meta = {
         "model": _model_name(s.model),
@@ -348,7 +349,7 @@ def _result(setup: _Setup, plan: _Plan, values: dict[str, dict[str, Any]]
     return InvarianceResult(
         measure=s.spec.name, primary=s.spec.primary, layers=plan.measured, values=values,
         layouts={nm: plan.records[nm].layout for nm in plan.measured},
-        shapes={nm: list(plan.records[nm].unit_shape) for nm in plan.measured},
+        shapes={nm: list(shapes[nm]) for nm in plan.measured},
         lower_is_invariant=s.spec.lower_is_invariant, meta=meta,
     )
 
