@@ -85,7 +85,7 @@ def test_config_errors_are_clear(tmp_path):
         ({"batchsize": 8}, "Did you mean 'batch_size' or "),
         ({"models.0.lrr": 0.1}, "Config error at 'models.0.lrr': a model entry has no key "
                                 "'lrr'. Did you mean 'lr'? Known keys: name, args, label, "
-                                "epochs, lr. Fix the YAML or the override."),
+                                "epochs, lr, pretrained. Fix the YAML or the override."),
         ({"models.1.epoch": 3}, "Did you mean 'epochs'?"),
     ],
 )

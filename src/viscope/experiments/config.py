@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from viscope.errors import ViscopeError, suggest
+from viscope.errors import suggest
+from viscope.yamlconfig import read_yaml, set_dotted, validate
 
 ALL_FAMILIES = ["brightness", "contrast", "grayscale", "invert", "posterize", "solarize",
                 "scale", "perspective", "rotation", "translation"]
@@ -24,6 +24,16 @@ class ModelConfig(BaseModel):
     #: per-model training overrides (default: the study's values)
     epochs: int | None = None
     lr: float | None = None
+    #: published weights (timm's / torchvision's), as ``--pretrained``
+    pretrained: bool = False
+
+    @model_validator(mode="after")
+    def _pretrained_in_args(self) -> ModelConfig:
+        # models.create takes it with the other arguments; one place to read it from
+        if self.pretrained or self.args.get("pretrained"):
+            self.pretrained = True
+            self.args = {**self.args, "pretrained": True}
+        return self
 
     @property
     def tag(self) -> str:
@@ -73,31 +83,6 @@ class MatrixConfig(BaseModel):
         return v
 
 
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts; an integer key indexes a list (``models.0.epochs``)."""
-    keys = dotted.split(".")
-    node: Any = tree
-    for i, k in enumerate(keys):
-        last = i == len(keys) - 1
-        if isinstance(node, list):
-            if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
-                raise ViscopeError(f"Config override {dotted!r}: {'.'.join(keys[:i])!r} is a "
-                                   f"list of {len(node)} entries; expected an index 0 to "
-                                   f"{len(node) - 1}, got {k!r}.")
-            if last:
-                node[int(k)] = value
-            else:
-                node = node[int(k)]
-        elif isinstance(node, dict):
-            if last:
-                node[k] = value
-            else:
-                node = node.setdefault(k, {})
-        else:
-            raise ViscopeError(f"Config override {dotted!r}: {'.'.join(keys[:i])!r} is "
-                               f"{node!r}, not a mapping or list, so it has no key {k!r}.")
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> MatrixConfig:
     """Read a YAML config and apply ``key.sub=value`` overrides.
@@ -107,33 +92,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ViscopeError(f"Config file {p} does not exist. Demo configs live in "
-                               f"configs/ (e.g. configs/matrix-demo.yaml).")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ViscopeError(f"Config {p} is not valid YAML: {e}".split("\n")[0]) from None
+        data = read_yaml(path, "Demo configs live in configs/ (e.g. configs/matrix-demo.yaml).")
     for k, v in (overrides or {}).items():
-        _set(data, k, v)
-    try:
-        return MatrixConfig(**data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise ViscopeError(_unknown_key_message(first["loc"])) from None
-        raise ViscopeError(f"Config error at {where!r}: {first['msg']}. Fix the YAML or the "
-                           f"override.") from None
-
-
-def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
-    """An unknown key at ``loc`` (``("epochz",)`` or ``("models", 0, "epochz")``)."""
-    where = ".".join(str(x) for x in loc)
-    is_model = len(loc) == 3 and loc[0] == "models"
-    known = list((ModelConfig if is_model else MatrixConfig).model_fields)
-    key = str(loc[-1])
-    what = "a model entry" if is_model else "the config"
-    return (f"Config error at {where!r}: {what} has no key {key!r}.{suggest(key, known)} "
-            f"Known keys: {', '.join(known)}. Fix the YAML or the override.")
+        set_dotted(data, k, v)
+    return validate(MatrixConfig, data, {"models": "a model entry"})

@@ -23,7 +23,8 @@ DatasetArg = str | PathLike[str] | Mapping[str, Dataset]
 
 
 def resolve_splits(
-    dataset: DatasetArg, *, image_size: int, n: int | None, seed: int
+    dataset: DatasetArg, *, image_size: int, n: int | None, seed: int,
+    skip_corrupt: bool = False,
 ) -> dict[str, Dataset]:
     """Return ``{"train": ..., "val": ..., "test": ...}`` for a name, a path or a dict.
 
@@ -34,6 +35,7 @@ def resolve_splits(
         image_size: image side for named/path datasets.
         n: number of items for named/path datasets (``None``: the default).
         seed: seed of generation and of the split for named/path datasets.
+        skip_corrupt: skip unreadable files of a folder or CSV dataset (one warning).
 
     Returns:
         The splits; ``"test"`` is missing only when a dict without it was given.
@@ -52,7 +54,11 @@ def resolve_splits(
             )
         splits = {s: dataset[s] for s in SPLITS if s in dataset}
     else:
-        splits = {s: data.create(dataset, split=s, size=image_size, n=n, seed=seed) for s in SPLITS}
+        splits = {
+            s: data.create(dataset, split=s, size=image_size, n=n, seed=seed,
+                           skip_corrupt=skip_corrupt)
+            for s in SPLITS
+        }
     for name, part in splits.items():
         if len(part) == 0:  # type: ignore[arg-type]
             raise ViscopeError(

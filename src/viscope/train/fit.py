@@ -66,6 +66,7 @@ def fit(
     n: int | None = None,
     seed: int = 0,
     data_seed: int | None = None,
+    skip_corrupt: bool = False,
     accelerator: str = "cpu",
     devices: int | str | list[int] = 1,
     precision: str | int = "32-true",
@@ -161,6 +162,8 @@ def fit(
         seed: seed of initialisation (for model names), data order, augmentation and
             every random op in training.
         data_seed: seed of the dataset's generation and split (``None``: ``seed``).
+        skip_corrupt: skip unreadable image files of a folder or CSV dataset (with one
+            warning; the split hashes record which items were used).
         accelerator: Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``, ...).
         devices: Lightning devices (``2`` with ``strategy="ddp"`` for two GPUs).
         precision: Lightning precision (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``).
@@ -221,7 +224,7 @@ def fit(
         BatchAugment(family, augment_p)  # validates augment_p before any work
     data_seed = seed if data_seed is None else data_seed
 
-    splits, classes = steps.resolve_data(dataset, image_size, n, data_seed)
+    splits, classes = steps.resolve_data(dataset, image_size, n, data_seed, skip_corrupt)
     pl.seed_everything(seed, workers=True, verbose=False)
     model = steps.resolve_model(model, len(classes), model_kwargs)
     module = TrainModule(model, len(classes), objectives=terms, optim=settings,
@@ -269,6 +272,7 @@ def fit(
     steps.write_settings(run, {
         **_command_line_names(config, terms, init),
         "image_size": image_size, "n": n, "seed": seed, "data_seed": data_seed,
+        "skip_corrupt": skip_corrupt,
         "augment": None if family is None else family.name, "augment_p": augment_p,
         "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
         **settings.as_dict(), "label_smoothing": label_smoothing, "monitor": monitor,

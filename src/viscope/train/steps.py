@@ -76,10 +76,11 @@ class Run:
 
 
 def resolve_data(
-    dataset: DatasetArg, image_size: int, n: int | None, data_seed: int
+    dataset: DatasetArg, image_size: int, n: int | None, data_seed: int, skip_corrupt: bool
 ) -> tuple[dict[str, Dataset], list[str]]:
     """The train/val(/test) splits and their shared class names."""
-    splits = resolve_splits(dataset, image_size=image_size, n=n, seed=data_seed)
+    splits = resolve_splits(dataset, image_size=image_size, n=n, seed=data_seed,
+                            skip_corrupt=skip_corrupt)
     return splits, class_names(splits)
 
 
