@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from viscope.activations import capture
 from viscope.errors import ViscopeError
+from viscope.invariance import measure
 from viscope.models import (
     create,
     default_input_size,
@@ -32,6 +34,9 @@ FAMILIES: list[tuple[str, dict[str, Any], str]] = [
     ("test_convnext", {}, "stages.*.blocks.*"),
     ("fastervit_tiny", {}, "patch_embed|levels.*"),
     ("test_byobnet", {}, "feature_info"),
+    ("convnext_atto", {}, "stages.*.blocks.*"),
+    ("regnetx_002", {}, "feature_info"),
+    ("mobilenetv3_small_050", {}, "feature_info"),
 ]
 
 
@@ -221,15 +226,17 @@ def test_default_layers_are_per_sample(name: str, kwargs: dict[str, Any], family
     if family == "feature_info":
         assert defaults == [f["module"] for f in unwrap(model).feature_info]
     else:
-        assert (
-            defaults
-            == [n for n in select_layers(model, family.split("|")) if n in defaults]
-            == select_layers(model, family.split("|"))
-        )
+        assert defaults == select_layers(model, family.split("|"), input_size=size)
     outputs = _capture(model, defaults, size, batch=3)
     for layer in defaults:
         assert torch.is_tensor(outputs[layer]), layer
         assert outputs[layer].shape[0] == 3, layer
+    # measure() takes every default layer: none refused, none skipped.
+    data = torch.utils.data.TensorDataset(torch.rand(2, *size), torch.zeros(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = measure(model, data, "brightness", samples=2, params=2)
+    assert result.layers == defaults
 
 
 def test_fallback_keeps_only_per_sample_leaves() -> None:
@@ -329,3 +336,23 @@ def test_list_layers_cli_shows_and_filters_each_call(capsys) -> None:
     main(["list", "layers", "--model", "torchvision:resnet18", "--pattern", "layer1.0.*"])
     out = capsys.readouterr().out
     assert "layer1.0.relu@0" in out and "layer1.0.relu@1" in out and "layer1.0.bn2" in out
+
+
+# -- the dry pass runs at the size that will be measured ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["regnetx_002", "resnet18"])  # no built-in pattern / one
+def test_default_layers_probe_at_the_measured_size(name: str) -> None:
+    model = create(name, num_classes=3)
+    seen: list[tuple[int, ...]] = []
+    handle = unwrap(model).register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[1:])))
+    try:
+        data = torch.utils.data.TensorDataset(torch.rand(2, 3, 40, 40), torch.zeros(2))
+        result = measure(model, data, "brightness", samples=2, params=2)
+        assert set(seen) == {(3, 40, 40)}  # not the model's default 224 px
+        seen.clear()
+        assert select_layers(model, None, input_size=(3, 48, 48)) == result.layers
+        assert set(seen) == {(3, 48, 48)}
+    finally:
+        handle.remove()
