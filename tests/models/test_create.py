@@ -271,3 +271,39 @@ def test_unknown_pretrained_tag_suggests_real_ones() -> None:
         ViscopeError, match=r"'resnet18\.a1_in1kk'.*Did you mean.*'resnet18\.a1_in1k'"
     ):
         create("resnet18.a1_in1kk")
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No network, as a user without one has it: the Hub in offline mode with an empty
+    cache, torch.hub's URL downloads failing as urllib fails without DNS."""
+    import urllib.error
+
+    import huggingface_hub.constants
+    import timm.models._builder
+    import torchvision.models._api
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_network(url: str, *args: Any, **kwargs: Any) -> Any:
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(timm.models._builder, "download_cached_file", no_network)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torchvision:resnet18"])
+def test_pretrained_weights_offline_say_so_and_name_a_local_checkpoint(
+    offline: None, name: str
+) -> None:
+    # resnet18: timm via the Hugging Face Hub; torchvision: torch.hub
+    with pytest.raises(ViscopeError) as err:
+        create(name, num_classes=3, pretrained=True)
+    message = str(err.value)
+    assert "\n" not in message and err.value.__cause__ is None
+    assert f"weights of {name!r} could not be fetched" in message and "offline" in message
+    assert f"--model {name} --model-arg checkpoint=PATH" in message
+    assert f"create({name!r}, pretrained=True, checkpoint=PATH)" in message
+    assert "Check the path" not in message

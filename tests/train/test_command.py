@@ -140,3 +140,37 @@ def test_run_folder_config_yaml_trains_the_same_run_again(tmp_path: Path, capsys
     assert first["config"]["schedule"] == "constant"
     assert first["init_sha256"] == second["init_sha256"]  # the same seeded initial weights
     assert first["history"] == pytest.approx(second["history"])
+
+
+def test_pretrained_offline_names_a_local_checkpoint_which_then_trains(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import huggingface_hub.constants
+    import torch
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    base = ["train", "--model", "test_resnet", "--pretrained", "--n", "60", "--batch-size",
+            "20", "--epochs", "1"]
+    code, _, err = run([*base, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "The weights of 'test_resnet' could not be fetched (offline?)" in err
+    assert "--model test_resnet --model-arg checkpoint=PATH" in err
+    assert "Check the path" not in err
+    # what the message says works: the local weights are the run's initial weights
+    import timm
+
+    local = timm.create_model("test_resnet", num_classes=5)
+    torch.save(local.state_dict(), tmp_path / "w.pth")
+    code, _, err = run([*base, "--model-arg", f"checkpoint={tmp_path / 'w.pth'}", "--out",
+                        str(tmp_path / "b")], capsys)
+    assert code == 0, err
+    digest = hashlib.sha256()
+    for name, tensor in local.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    record = json.loads((tmp_path / "b" / "train.json").read_text())
+    assert record["init_sha256"] == digest.hexdigest()
+    assert record["config"]["model"]["pretrained"] is True

@@ -68,7 +68,8 @@ def create(
             (``"fastervit_0"`` ... ``"fastervit_6"``, ``"fastervit_tiny"``), or the path
             of a checkpoint written by :func:`save_checkpoint`.
         num_classes: classifier outputs (``None``: the model's default).
-        pretrained: load published weights (needs the internet the first time).
+        pretrained: load published weights (needs the internet the first time; offline,
+            pass ``checkpoint=`` too).
         in_chans: input channels.
         normalize: ``"auto"`` (the model's own mean/std from timm's ``pretrained_cfg`` or
             torchvision's default weights, else ImageNet; for a checkpoint path, the one
@@ -87,7 +88,9 @@ def create(
 
     Raises:
         ViscopeError: an unknown name (with close matches), a missing or unreadable
-            checkpoint, weights that do not match, or arguments the model refuses.
+            checkpoint, weights that do not match, arguments the model refuses, or
+            published weights that could not be downloaded (offline: the message names
+            ``checkpoint=``).
 
     Example:
         >>> import torch
@@ -109,9 +112,14 @@ def create(
     # A local checkpoint replaces every weight: downloading published ones first is waste,
     # and fails offline.
     download = pretrained and checkpoint is None
-    net = build_network(
-        name, num_classes=num_classes, pretrained=download, in_chans=in_chans, **kwargs
-    )
+    try:
+        net = build_network(
+            name, num_classes=num_classes, pretrained=download, in_chans=in_chans, **kwargs
+        )
+    except _download_errors() as err:
+        if not download:
+            raise
+        raise ViscopeError(_offline_message(name, err)) from None
     if checkpoint is not None:
         data = read_checkpoint(checkpoint)
         load_weights(net, extract_state_dict(data), repr(str(checkpoint)))
@@ -183,6 +191,37 @@ def build_network(
             f"Expected keyword arguments that timm model {name!r} accepts; got "
             f"{sorted(kwargs)} ({err})."
         ) from None
+
+
+def _download_errors() -> tuple[type[BaseException], ...]:
+    """What fetching published weights raises without a network: the Hugging Face Hub's
+    "not in the cache and cannot connect" (timm), urllib's errors (torch.hub: torchvision,
+    timm's URL weights, FasterViT), and connection errors of the HTTP clients."""
+    import urllib.error
+
+    errors: list[type[BaseException]] = [urllib.error.URLError, ConnectionError, TimeoutError]
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
+    except ImportError:  # an older huggingface_hub, or none
+        pass
+    for module, attr in (("httpx", "TransportError"), ("requests.exceptions", "ConnectionError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[attr]), attr))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _offline_message(name: str, err: BaseException) -> str:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+    return (
+        f"The weights of {name!r} could not be fetched (offline?): {reason} Pass a local "
+        f"checkpoint instead: --model {name} --model-arg checkpoint=PATH on the command "
+        f"line, or create({name!r}, pretrained=True, checkpoint=PATH) in Python (a state "
+        "dict of this model: timm, torch, Lightning, safetensors or viscope)."
+    )
 
 
 def _create_from_file(
