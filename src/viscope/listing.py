@@ -69,9 +69,10 @@ def list_layers(
     from viscope import models
 
     net = models.create(model, **model_kwargs(model_arg, pretrained))
-    infos = models.layers(net, input_size=(3, image_size, image_size))
-    default = set(models.default_layers(net))
-    chosen = set(models.select_layers(net, pattern)) if pattern else None
+    size = (3, image_size, image_size)  # every dry pass at the size shown
+    infos = models.layers(net, input_size=size)
+    default = set(models.default_layers(net, size))
+    chosen = set(models.select_layers(net, pattern, input_size=size)) if pattern else None
     rows = [[i.name, i.type, "×".join(map(str, i.output_shape)) if i.output_shape else "—",
              i.calls, "✓" if i.name in default else ""]
             for i in infos if chosen is None or i.name in chosen]
