@@ -172,9 +172,9 @@ def test_the_rest_of_the_net_is_skipped_once_the_measured_layers_are_in():
                         nn.Conv2d(4, 4, 3, padding=1), nn.Flatten())
     early = measure(net, bordered_images(), "brightness", params=4, samples=12,
                     layers=["1"], batch_size=8)
-    assert net[2].calls == 1  # the probe pass only
+    assert net[2].calls == 2  # layer selection's dry pass (calls per module) + the probe
     both = measure(net, bordered_images(), "brightness", params=4, samples=12,
                    layers=["1", "4"], batch_size=8)
-    assert net[2].calls == 1 + 1 + 6  # probe + 6 batches of 2 samples x 4 values
+    assert net[2].calls == 2 + 2 + 6  # dry pass + probe + 6 batches of 2 samples x 4 values
     for key in ("tv", "sv", "nv"):
         np.testing.assert_array_equal(early.per_unit("1", key), both.per_unit("1", key))
