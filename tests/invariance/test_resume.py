@@ -67,7 +67,8 @@ def test_resumed_measurement_equals_an_uninterrupted_one(tmp_path, device, measu
     total = seen[-1][1]
     # progress starts at the saved count and goes on from there
     assert [d for d, _ in seen] == list(range(stop, total + 1))
-    assert len(calls) == 1 + total - stop  # one probe pass, then only the batches left
+    # layer selection's dry pass, one probe pass, then only the batches left
+    assert len(calls) == 2 + total - stop
     assert not file.exists()
 
 
