@@ -15,7 +15,7 @@ from viscope.errors import ViscopeError
 
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["shapes", "digits", "faces"] == DATASETS.names()
+    assert list_datasets() == ["shapes", "digits", "color-digits", "faces"] == DATASETS.names()
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -70,8 +70,8 @@ def test_skip_corrupt_through_create(corrupt_folder: Path) -> None:
 def test_unknown_name_or_path() -> None:
     with pytest.raises(
         ViscopeError,
-        match=r"Unknown dataset 'nope': not a built-in dataset \(shapes, digits, faces\) and no "
-        r"such folder/CSV file\.",
+        match=r"Unknown dataset 'nope': not a built-in dataset \(shapes, digits, color-digits, "
+        r"faces\) and no such folder/CSV file\.",
     ):
         create("nope")
     with pytest.raises(ViscopeError, match="Did you mean 'shapes'"):

@@ -108,6 +108,29 @@ def test_shipped_configs_load():
     assert full.models[0].name == "fastervit_0" and full.image_size == 224
 
 
+def test_every_evaluation_family_of_the_demo_changes_its_images():
+    """No column of the demo's matrix is 0 by construction: each evaluation family moves
+    the demo's images (grayscale left the grey `digits` unchanged)."""
+    import torch
+
+    from viscope import data, transforms
+
+    cfg = load_config(_demo())
+    images = torch.stack([data.create(cfg.dataset, size=cfg.image_size)[i][0]
+                          for i in range(16)])
+    for name in cfg.eval_families:
+        fam = transforms.create(name)
+        grid = fam.grid(cfg.params)
+        moved = fam.apply(images.repeat_interleave(len(grid), 0),
+                          grid.repeat(len(images), *[1] * (grid.ndim - 1)))
+        change = (moved.reshape(len(images), len(grid), -1) - images.flatten(1)[:, None])
+        assert change.abs().amax(dim=(0, 2)).max() > 0.05, name
+    grey = transforms.create("grayscale")
+    digits = torch.stack([data.create("digits")[i][0] for i in range(16)])
+    g = grey.grid(cfg.params)[-1:].repeat(16, *[1] * (grey.grid(2).ndim - 1))
+    assert (grey.apply(digits, g) - digits).abs().max() < 1e-3  # luma weights sum to 0.9999
+
+
 def test_tables_render_mean_and_std():
     m = pd.DataFrame([[0.5, 0.25]], index=["invert"], columns=["rotation", "average"])
     s = pd.DataFrame([[0.01, 0.02]], index=["invert"], columns=["rotation", "average"])

@@ -6,14 +6,14 @@ Every dataset is a map-style torch ``Dataset`` of ``(image, label)`` or
 
 >>> from viscope.data import create, list_datasets
 >>> list_datasets()
-['shapes', 'digits', 'faces']
+['shapes', 'digits', 'color-digits', 'faces']
 >>> val = create("digits", split="val")
 >>> len(val), val.classes[9]
 (270, '9')
 """
 
 from viscope.data.base import SubsetDataset, VisionDataset, labels_of
-from viscope.data.digits import DigitsDataset
+from viscope.data.digits import ColorDigitsDataset, DigitsDataset
 from viscope.data.factory import DATASETS, create, list_datasets
 from viscope.data.files import IMAGE_EXTENSIONS
 from viscope.data.folder import ImageFolder
@@ -28,6 +28,7 @@ __all__ = [
     "SHAPES",
     "UNIT_AREA",
     "CSVDataset",
+    "ColorDigitsDataset",
     "DigitsDataset",
     "ImageFolder",
     "ShapeParams",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from viscope.data.base import SubsetDataset, VisionDataset, check_seed
-from viscope.data.digits import DigitsDataset
+from viscope.data.digits import ColorDigitsDataset, DigitsDataset
 from viscope.data.faces import FacesDataset
 from viscope.data.folder import ImageFolder
 from viscope.data.shapes import ShapesDataset
@@ -24,6 +24,7 @@ from viscope.registry import Registry
 DATASETS: Registry[Callable[..., VisionDataset]] = Registry("dataset")
 DATASETS.register("shapes", ShapesDataset)
 DATASETS.register("digits", DigitsDataset)
+DATASETS.register("color-digits", ColorDigitsDataset)
 DATASETS.register("faces", FacesDataset)
 
 SPLITS = ("all", *SPLIT_NAMES)
@@ -34,7 +35,7 @@ def list_datasets() -> list[str]:
 
     Example:
         >>> list_datasets()
-        ['shapes', 'digits', 'faces']
+        ['shapes', 'digits', 'color-digits', 'faces']
     """
     return DATASETS.names()
 
