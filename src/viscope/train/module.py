@@ -22,15 +22,7 @@ from viscope.train.augment import (
 )
 from viscope.train.features import forward_with_features
 from viscope.train.objectives import Objective, ObjectivesArg, Step, resolve_objectives
-from viscope.train.optim import SCHEDULES, OptimSettings, make_optimizer, make_scheduler
-
-__all__ = ["SCHEDULES", "Classifier", "TrainModule", "check_hyperparameters", "make_optimizer"]
-
-
-def check_hyperparameters(lr: float, weight_decay: float, schedule: str) -> None:
-    """Raise a :class:`ViscopeError` for a bad learning rate, weight decay or schedule."""
-    OptimSettings(lr=lr, weight_decay=weight_decay, schedule=schedule,
-                  decay_epochs=1.0 if schedule == "step" else None)
+from viscope.train.optim import OptimSettings, make_optimizer, make_scheduler
 
 
 class TrainModule(pl.LightningModule):

@@ -231,7 +231,9 @@ def finish(
             if not is_default(list(module.objectives)):
                 loader = make_loader(run.splits["test"], max(batch_size, 256),
                                      num_workers=num_workers, masks=_uses_masks(module))
+                home = next(module.parameters()).device
                 test_metrics = module.to(device).evaluate_split(loader, device)
+                module.to(home)  # where the trainer left it, as evaluate() does
         models.save_checkpoint(
             model,
             out / BEST,
