@@ -27,11 +27,12 @@ def dispersion(x: torch.Tensor, dim: int, variance: bool = False) -> torch.Tenso
     Computed in ``x``'s precision (float32 or float64) by the two-pass formula.
     """
     x = working_precision(x)
-    if x.shape[dim] < 2:
+    n = x.shape[dim]
+    if n < 2:
         return torch.zeros_like(x.select(dim, 0))
     mean, m2 = centred_moments(x, dim)
-    v = rounding_floor(m2 / (x.shape[dim] - 1), mean, torch.finfo(x.dtype).eps)
-    return v if variance else v.sqrt()
+    v = rounding_floor(m2.div_(n - 1), mean, torch.finfo(x.dtype).eps)
+    return v if variance else v.sqrt_()
 
 
 def nv(acts: torch.Tensor, variance: bool = False, spatial_dims: tuple[int, ...] = ()) -> dict:

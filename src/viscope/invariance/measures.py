@@ -134,7 +134,8 @@ class NormalizedVariance(LayerState):
         self.tv_count = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def update(self, acts: torch.Tensor, stage: int = 0) -> None:
-        self.tv_sum += F.dispersion(acts, dim=1, variance=self.options.variance).sum(0).double()
+        # add_ promotes the float32 sum into the float64 state (no separate cast)
+        self.tv_sum.add_(F.dispersion(acts, dim=1, variance=self.options.variance).sum(0))
         self.tv_count += acts.shape[0]
         self.samples.update(acts)
 

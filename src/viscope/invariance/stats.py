@@ -60,21 +60,36 @@ class Moments:
         return cls(count, mean.double(), m2.double(), eps)
 
     def update(self, x: torch.Tensor) -> None:
-        """Add observations ``x`` of shape (n, *group_shape, *unit_shape)."""
-        self.merge_(Moments.of(x, self.count.ndim))
+        """Add observations ``x`` of shape (n, *group_shape, *unit_shape).
+
+        Same as ``merge_(Moments.of(x))``, in fewer operations: the batch's moments stay
+        in ``x``'s precision until the merge promotes them, and every group gets the
+        same count (this runs once per layer and batch, so each saved pass over the
+        activations shows on small models).
+        """
+        x = working_precision(x)
+        mean, m2 = centred_moments(x, 0)
+        self._merge(float(x.shape[0]), mean, m2)
+        self.eps = self.eps.clamp_min(torch.finfo(x.dtype).eps)
 
     def merge_(self, other: Moments) -> Moments:
         """Merge ``other`` into ``self`` in place (Chan et al. parallel update)."""
-        na, nb = self.count, other.count
-        n = na + nb
-        shape = (*n.shape, *([1] * (self.mean.ndim - n.ndim)))
-        na_, nb_, n_ = na.reshape(shape), nb.reshape(shape), n.reshape(shape).clamp_min(1.0)
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * (nb_ / n_)
-        self.m2 = self.m2 + other.m2 + delta**2 * (na_ * nb_ / n_)
-        self.count = n
+        self._merge(other.count, other.mean, other.m2)
         self.eps = torch.maximum(self.eps, other.eps)
         return self
+
+    def _merge(self, nb: torch.Tensor | float, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Chan et al.'s update with ``nb`` observations (per group, or one number for
+        every group) of moments ``mean`` / ``m2`` (any float dtype; promoted here)."""
+        na = self.count
+        n = na + nb
+        shape = (*n.shape, *([1] * (self.mean.ndim - n.ndim)))
+        w = (nb / n.clamp_min(1.0)).reshape(shape)  # nb / n
+        delta = mean - self.mean  # float64 (type promotion)
+        # in place: the state's tensors are its own (with_tensors and _load clone)
+        self.mean.addcmul_(delta, w)
+        self.m2.add_(m2).addcmul_(delta.square_(), na.reshape(shape) * w)  # na nb / n
+        self.count = n
 
     def var(self, ddof: int = 1) -> torch.Tensor:
         """Variance with ``ddof`` (0 where there are not more than ``ddof`` observations).
@@ -108,7 +123,7 @@ def centred_moments(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tens
     flat = x.reshape(*lead, -1)
     mean = flat.mean(dim, keepdim=True)
     dev = flat - mean
-    m2 = (dev * dev).sum(dim)
+    m2 = dev.mul_(dev).sum(dim)  # squared in place: one buffer the size of x, not two
     out_shape = (*x.shape[:dim], *x.shape[dim + 1:])
     return mean.squeeze(dim).reshape(out_shape), m2.reshape(out_shape)
 
@@ -127,8 +142,8 @@ def rounding_floor(var: torch.Tensor, mean: torch.Tensor,
     the values were reduced in) of |mean| is treated as exactly constant, so that 0/0 and
     x/0 in the NV do not depend on batching.
     """
-    tol = (16 * eps * mean.abs()) ** 2
-    return torch.where(var <= tol, torch.zeros_like(var), var)
+    tol = (mean * (16 * eps)).square()
+    return torch.where(var <= tol, 0.0, var)
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
