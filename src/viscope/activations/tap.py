@@ -9,6 +9,8 @@ Correctness rules that the reference library tmeasures does not follow:
   op (torchvision ResNet's ``ReLU(inplace=True)`` after BatchNorm) cannot overwrite it.
 * A module that runs more than once per forward pass must be addressed per call
   (``"name@0"``, ``"name@1"``); measuring "all calls mixed" is refused.
+  ``viscope.models.select_layers`` (and so ``measure(layers=...)`` and ``--layers``)
+  resolves a pattern or plain name that reaches such a module to every call of it.
 * A module that never runs is reported in :attr:`Tap.missing`, not silently dropped.
 * Tuple/list/dict outputs: the first tensor whose first dimension is the sample is used,
   and :attr:`LayerRecord.picked` says which element it was.
