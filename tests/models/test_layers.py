@@ -245,6 +245,28 @@ def test_fallback_keeps_only_per_sample_leaves() -> None:
     assert default_layers(net, (3, 8, 8)) == ["0", "3"]
 
 
+@pytest.mark.parametrize(("name", "size", "expected"), [
+    ("pit_ti_224", 64, "patch_embed.conv"),  # feature_info names token-pooling stages only
+    ("torchvision:vit_b_16", None, "encoder.layers.encoder_layer_0"),
+    ("torchvision:convnext_tiny", 32, "features.0"),
+])
+def test_default_layers_where_feature_info_gives_none_or_torchvision(name, size, expected):
+    """Models whose timm feature_info names no per-sample module fall back to their
+    convolutions and linears; torchvision's ViT measures its encoder blocks and the models
+    built on a `features` Sequential its stages — and measure() takes them all."""
+    kwargs = {"image_size": 32} if name.endswith("vit_b_16") else (
+        {"img_size": 64} if name.startswith("pit") else {})
+    model = create(name, num_classes=3, **kwargs)
+    shape = (3, size or 32, size or 32)
+    defaults = default_layers(model, shape)
+    assert defaults and defaults[0] == expected
+    data = torch.utils.data.TensorDataset(torch.rand(2, *shape), torch.zeros(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = measure(model, data, "brightness", samples=2, params=2, layers=None)
+    assert result.layers == defaults
+
+
 def test_fastervit_windowed_modules_are_not_per_sample() -> None:
     model = create("fastervit_tiny", num_classes=3)
     info = {i.name: i for i in layers(model, (3, 32, 32))}

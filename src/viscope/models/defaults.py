@@ -33,18 +33,23 @@ def defaults(net: nn.Module, names: list[str], infos: list[LayerInfo] | None) ->
         The family's candidates, each replaced by its calls whose output is per sample.
     """
     family = family_patterns(net)
+    leaves = [n for n, m in net.named_modules() if n and isinstance(m, nn.Conv2d | nn.Linear)]
     if family is not None:
         candidates = [n for n in names if any(match_layer(n, p) for p in family)]
     else:
-        candidates = _feature_modules(net, names) or [
-            n for n, m in net.named_modules() if n and isinstance(m, nn.Conv2d | nn.Linear)
-        ]
+        candidates = _feature_modules(net, names) or leaves
     if infos is None:
         return candidates
     per_call: dict[str, list[LayerInfo]] = {}
     for info in infos:
         per_call.setdefault(info.module, []).append(info)
-    return [i.name for n in candidates for i in per_call.get(n, []) if i.per_sample]
+
+    def measurable(modules: list[str]) -> list[str]:
+        return [i.name for n in modules for i in per_call.get(n, []) if i.per_sample]
+
+    # timm's feature_info of some models (PiT, CrossViT, HRNet) names only modules whose
+    # outputs are not one tensor per sample: fall back to the convolutions and linears
+    return measurable(candidates) or (measurable(leaves) if family is None else [])
 
 
 def _feature_modules(net: nn.Module, names: list[str]) -> list[str]:
@@ -62,9 +67,15 @@ def _feature_modules(net: nn.Module, names: list[str]) -> list[str]:
 
 def family_patterns(net: nn.Module) -> list[str] | None:
     """The block patterns of a known family (ViT, EfficientNet, ResNet, ConvNeXt,
-    FasterViT), or ``None``."""
+    FasterViT; torchvision's ViT and its models built on a ``features`` Sequential:
+    Swin, ConvNeXt, EfficientNet, MobileNet, VGG, DenseNet), or ``None``."""
     if is_fastervit(net):
         return ["patch_embed", "levels.*"]
+    if type(net).__module__.startswith("torchvision.models"):
+        if hasattr(net, "encoder") and hasattr(net, "class_token"):  # VisionTransformer
+            return ["encoder.layers.*"]
+        if isinstance(getattr(net, "features", None), nn.Sequential):
+            return ["features.*"]
     from timm.models.beit import Beit
     from timm.models.convnext import ConvNeXt
     from timm.models.efficientnet import EfficientNet
