@@ -88,3 +88,15 @@ def list_methods() -> None:
     table("Attribution methods", ["name", "uses a layer", "about"],
            [[n, "yes" if METHODS.get(n).uses_layer else "no", METHODS.get(n).about]
             for n in METHODS.names()])
+
+
+@list_app.command("objectives")
+def list_objectives() -> None:
+    """The training objectives (`viscope train --objective NAME[:WEIGHT]`)."""
+    from viscope.train.objectives import OBJECTIVES
+
+    def about(cls) -> str:  # the docstring's first paragraph
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+    table("Training objectives (loss terms; --objective NAME:WEIGHT, repeatable)",
+          ["name", "about"], [[n, about(OBJECTIVES.get(n))] for n in OBJECTIVES.names()])

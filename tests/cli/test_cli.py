@@ -30,6 +30,8 @@ def run(args, capsys):
     ("measures", ["nv", "anova", "goodfellow"]),
     ("datasets", ["shapes", "digits"]),
     ("models", ["test_vit", "fastervit_tiny"]),
+    ("methods", ["gradcam", "cbrise", "rollout"]),
+    ("objectives", ["ce", "cross-entropy"]),
 ])
 def test_list(kind, expect, capsys):
     code, out, _ = run(["list", kind], capsys)
