@@ -12,7 +12,13 @@ line ``tmeasures / plain`` is tmeasures' time in units of the plain forward pass
 tmeasures runs the grid twice (TV, then SV), it is >= 2 on a model whose forward dominates,
 and no tool that must run the forward passes once can be faster than it by more.
 
+Two cases: ``default`` (the models and settings of the command line; target <= 1.1x) and
+``tiny`` (timm's ``test_vit``, all 6 blocks, 128 samples x 7 brightness factors at 160 px,
+batch 63: a model so small that the per-layer, per-batch bookkeeping shows; target
+<= 1.25x).
+
     python benchmarks/invariance_overhead.py                       # CPU, small CNN + ViT
+    python benchmarks/invariance_overhead.py --case tiny --no-tmeasures
     python benchmarks/invariance_overhead.py --device cuda --models vit_base_patch16_224 \\
         --image-size 224 --samples 2048 --params 16 --batch-size 512 --no-tmeasures
 """
@@ -34,6 +40,10 @@ SMALL = {
     "resnet18": {},
     "vit_tiny_patch16_224": {"img_size": 32, "patch_size": 4},
 }
+#: the tiny case's fixed settings (the outside check that read 1.56x)
+TINY = {"models": "test_vit", "image_size": 160, "samples": 128, "params": 7,
+        "batch_size": 63, "transform": "brightness", "layers": "blocks.*"}
+TARGET = {"default": 1.1, "tiny": 1.25}
 
 
 class Images(torch.utils.data.Dataset):
@@ -66,11 +76,11 @@ def time_plain(net, family, grid, images, batch, device):
     return time.perf_counter() - t
 
 
-def time_viscope(net, family, images, params, batch, device):
+def time_viscope(net, family, images, params, batch, device, layers=None):
     sync(device)
     t = time.perf_counter()
     r = measure(net, Images(images), family, samples=len(images), params=params,
-                batch_size=batch, device=device)
+                batch_size=batch, device=device, layers=layers)
     sync(device)
     return time.perf_counter() - t, r
 
@@ -127,6 +137,8 @@ def time_tmeasures(net, family, grid, images, layers, batch):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", choices=("default", "tiny", "all"), default="default",
+                    help="default: the settings below; tiny: test_vit's fixed settings")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--models", default=",".join(SMALL))
     ap.add_argument("--image-size", type=int, default=32)
@@ -136,48 +148,62 @@ def main() -> None:
     ap.add_argument("--transform", default="rotation")
     ap.add_argument("--no-tmeasures", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
     device = check_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    cases = ["default", "tiny"] if args.case == "all" else [args.case]
+    for case in cases:
+        settings = vars(args) | (TINY if case == "tiny" else {"layers": None})
+        run_case(case, argparse.Namespace(**settings), device)
+
+
+def run_case(case: str, args: argparse.Namespace, device: torch.device) -> None:
+    """Time every model of ``args.models`` under one case's settings and print ratios."""
     torch.manual_seed(0)
     family = transforms.create(args.transform)
     grid = family.grid(args.params)  # on the CPU, as the engine passes it (no device sync)
     s = args.image_size
     images = torch.rand(args.samples, 3, s, s)
     n_img = args.samples * args.params
-    print(f"device={device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}"
+    print(f"\n[{case}] device={device} "
+          f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'CPU'}"
           f", {torch.get_num_threads()} threads), {args.samples} samples x {args.params} "
-          f"params = {n_img} images at {s}px, transform={args.transform}")
+          f"params = {n_img} images at {s}px, transform={args.transform}, "
+          f"batch {args.batch_size}")
     for name in args.models.split(","):
         kwargs = SMALL.get(name, {}) if s == 32 else {}
         net = vmodels.create(name, **kwargs).to(device).eval()
-        layers = vmodels.default_layers(net)
+        layers = vmodels.select_layers(net, args.layers, input_size=(3, s, s))
         time_plain(net, family, grid, images[: max(1, args.batch_size // args.params)],
                    args.batch_size, device)  # warm-up
         plains, runs = [], []
         for _ in range(args.repeats):  # interleaved, so that drift hits both alike
             plains.append(time_plain(net, family, grid, images, args.batch_size, device))
             runs.append(time_viscope(net, family, images, args.params, args.batch_size,
-                                     device))
+                                     device, args.layers))
         plain = min(plains)
         ours, result = min(runs, key=lambda r: r[0])
         units = sum(int(torch.tensor(sh).prod()) for sh in result.shapes.values())
+
         def state_bytes(units: int) -> int:
             st = NormalizedVariance(args.params, (units,))
             return sum(t.numel() * t.element_size() for t in st.tensors())
 
         per_unit = state_bytes(2) - state_bytes(1)  # what each further unit adds
-        print(f"\n{name}: {len(layers)} default layers ({layers[0]} ... {layers[-1]}), "
+        print(f"\n{name}: {len(layers)} layers ({layers[0]} ... {layers[-1]}), "
               f"{units:,} units")
         print(f"  plain forward passes : {plain:8.2f} s  {n_img / plain:9.0f} images/s")
         print(f"  viscope NV           : {ours:8.2f} s  {n_img / ours:9.0f} images/s   "
-              f"ratio to plain {ours / plain:.2f}x (target <= 1.3x)")
+              f"ratio to plain {ours / plain:.2f}x (target <= {TARGET[case]}x)")
         print(f"  NV state             : {per_unit} bytes per unit = (2M+1) x 8, "
               f"bound (2M+2) x 8 = {(2 * args.params + 2) * 8}; "
               f"{units * per_unit / 2**20:.1f} MiB in all")
         if not args.no_tmeasures and device.type == "cpu":
             theirs = time_tmeasures(net, family, grid, images, layers, args.batch_size)
             print(f"  tmeasures NV         : {theirs:8.2f} s  {n_img / theirs:9.0f} images/s   "
-                  f"viscope is {theirs / ours:.1f}x faster (target >= 5x)")
+                  f"viscope is {theirs / ours:.1f}x faster")
             print(f"  tmeasures / plain    : {theirs / plain:8.2f}   (its time in plain-forward "
                   f"units: the most any tool that runs the {n_img} forward passes once "
                   f"can gain over it)")

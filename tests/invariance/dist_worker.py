@@ -43,8 +43,9 @@ def run(name: str, resume: str | None = None, stop: int | None = None):
         if done == stop:
             raise Stop(f"stopped after {done} batches")
 
+    # layers 0 and 1 share a unit shape: nv updates them as one stack (stacking.py)
     r = measure(net, ds, "rotation", measure=name, samples=21, params=5,
-                layers=["0", "2", "4"], batch_size=10, resume=resume, save_every=0,
+                layers=["0", "1", "2", "4"], batch_size=10, resume=resume, save_every=0,
                 progress=progress if stop else False)
     return {f"{layer}::{q}": v for layer in r.layers for q, v in r.values[layer].items()}
 

@@ -41,6 +41,7 @@ from viscope.invariance.plan import (
 from viscope.invariance.result import InvarianceResult
 from viscope.invariance.resume import Checkpoint, GracefulInterrupt, fingerprint
 from viscope.invariance.runtime import Progress, dist_info, merge_ranks, warn_non_finite
+from viscope.invariance.stacking import stack_layers
 from viscope.invariance.stats import working_precision
 
 
@@ -389,15 +390,22 @@ class _Plan:
         dtype = self.dtype
         m = grid.shape[0]
         ctx: dict[str, Any] = {}
+        # small layers of one shape are updated together (same numbers, fewer operations)
+        stacks = stack_layers(states, rows, {"reference": 1, "grid": m}.get(stage, m + 1))
+        groups = set(stacks.values())
 
         def consume(name: str, act: torch.Tensor) -> None:
-            st = states[name]  # the tap only hooks measured layers
             b, cols = ctx["rows"], ctx["cols"]
             if equivariant:
                 rec = records[name]
                 maps = working_precision(spatial_map(act, rec.layout, rec.grid))
                 act = family.inverse(maps, ctx["params"])
-            st.update(act.reshape(b, cols, *act.shape[1:]), s)
+            act = act.reshape(b, cols, *act.shape[1:])
+            stack = stacks.get(name)
+            if stack is None:
+                states[name].update(act, s)  # the tap only hooks measured layers
+            else:
+                stack.put(name, act, s)
             ctx["fired"] += 1
             if ctx["fired"] == len(states):
                 raise _StopForward  # every measured layer is in: the rest of the net is not needed
@@ -426,6 +434,8 @@ class _Plan:
                 if dtype is not None and images.dtype != dtype:
                     images = images.to(dtype)  # transformed in the data's precision
                 ctx.update(rows=b, cols=cols, params=params, fired=0)
+                for stack in groups:
+                    stack.start_batch()
                 try:
                     model(images)
                 except _StopForward:

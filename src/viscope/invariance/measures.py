@@ -69,6 +69,10 @@ class LayerState(ABC):
     min_params: ClassVar[int] = 2
     #: the fewest samples :meth:`update` needs in one block of rows.
     min_rows: ClassVar[int] = 1
+    #: whether one state over the stacked units of several layers of one unit shape
+    #: equals those layers' states (units independent, nothing per layer) and
+    #: :meth:`stack` can make them views of it (see :mod:`viscope.invariance.stacking`).
+    stackable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,6 +122,20 @@ class LayerState(ABC):
     @abstractmethod
     def _load(self, tensors: list[torch.Tensor]) -> None: ...
 
+    @classmethod
+    def stack(cls, states: list[LayerState]) -> LayerState:
+        """One state over the units of ``states`` stacked on a new first unit axis, whose
+        tensors the given states then view (so that its updates are theirs).
+
+        Only for :attr:`stackable` classes; the states share unit shape and options.
+        """
+        raise NotImplementedError(f"{cls.__name__} is not stackable")
+
+    def counters(self) -> list[torch.Tensor]:
+        """The tensors that count what the state has seen (equal in states fed the same
+        batches; a stack shares them)."""
+        return []
+
     def _spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
         if self.options.spatial and self.spatial_dims:
             return x.mean(dim=self.spatial_dims)
@@ -126,6 +144,8 @@ class LayerState(ABC):
 
 class NormalizedVariance(LayerState):
     """TV, SV and NV = TV / SV from one pass (state: (2M + 1) float64 per unit)."""
+
+    stackable = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -152,6 +172,25 @@ class NormalizedVariance(LayerState):
         self.samples.merge_(other.samples)
         return self
 
+    def counters(self) -> list[torch.Tensor]:
+        return [self.tv_count, self.samples.count, self.samples.eps]
+
+    @classmethod
+    def stack(cls, states: list[NormalizedVariance]) -> NormalizedVariance:
+        first = states[0]
+        dims = tuple(d + 1 for d in first.spatial_dims)  # behind the new layer axis
+        out = cls(first.n_params, (len(states), *first.unit_shape), dims, first.options,
+                  first.device)
+        # the counts and epsilon are the same for every layer (each batch feeds them all)
+        out._load([torch.stack([st.tv_sum for st in states]), first.tv_count,
+                   first.samples.count, torch.stack([st.samples.mean for st in states], 1),
+                   torch.stack([st.samples.m2 for st in states], 1), first.samples.eps])
+        for k, st in enumerate(states):
+            st.tv_sum, st.tv_count = out.tv_sum[k], out.tv_count
+            st.samples = Moments(out.samples.count, out.samples.mean[:, k],
+                                 out.samples.m2[:, k], out.samples.eps)
+        return out
+
     def compute(self) -> dict[str, torch.Tensor]:
         tv = self.tv_sum / self.tv_count.clamp_min(1)
         spread = self.samples.var() if self.options.variance else self.samples.std()
@@ -174,6 +213,8 @@ class SameEquivariantNV(NormalizedVariance):
     Args:
         valid: (h, w) bool mask of valid positions, or ``None`` (every position).
     """
+
+    stackable = False  # each layer has its own valid positions
 
     def __init__(self, *args, valid: torch.Tensor | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)

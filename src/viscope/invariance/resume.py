@@ -99,7 +99,9 @@ class Checkpoint:
         payload = {
             "format": FORMAT, "key": self.key, "stage": stage, "batches": batches,
             "layers": {
-                name: {"tensors": [t.detach().cpu() for t in st.tensors()],
+                # a copy of each tensor: a stacked layer's are views, and torch.save would
+                # write the whole stack's storage for each of them
+                name: {"tensors": [t.detach().to("cpu", copy=True) for t in st.tensors()],
                        "derived": {a: _cpu(getattr(st, a)) for a in st.derived}}
                 for name, st in states.items()
             },

@@ -70,26 +70,30 @@ class Moments:
         x = working_precision(x)
         mean, m2 = centred_moments(x, 0)
         self._merge(float(x.shape[0]), mean, m2)
-        self.eps = self.eps.clamp_min(torch.finfo(x.dtype).eps)
+        self.eps.clamp_min_(torch.finfo(x.dtype).eps)
 
     def merge_(self, other: Moments) -> Moments:
         """Merge ``other`` into ``self`` in place (Chan et al. parallel update)."""
         self._merge(other.count, other.mean, other.m2)
-        self.eps = torch.maximum(self.eps, other.eps)
+        self.eps.copy_(torch.maximum(self.eps, other.eps))
         return self
 
     def _merge(self, nb: torch.Tensor | float, mean: torch.Tensor, m2: torch.Tensor) -> None:
         """Chan et al.'s update with ``nb`` observations (per group, or one number for
-        every group) of moments ``mean`` / ``m2`` (any float dtype; promoted here)."""
+        every group) of moments ``mean`` / ``m2`` (any float dtype; promoted here).
+
+        Every tensor is updated in place: the state's tensors are its own (``_load``
+        and ``with_tensors`` clone), and stacked layers' states are views of one
+        stacked state (:mod:`viscope.invariance.stacking`) that must see its updates.
+        """
         na = self.count
         n = na + nb
         shape = (*n.shape, *([1] * (self.mean.ndim - n.ndim)))
         w = (nb / n.clamp_min(1.0)).reshape(shape)  # nb / n
         delta = mean - self.mean  # float64 (type promotion)
-        # in place: the state's tensors are its own (with_tensors and _load clone)
         self.mean.addcmul_(delta, w)
         self.m2.add_(m2).addcmul_(delta.square_(), na.reshape(shape) * w)  # na nb / n
-        self.count = n
+        self.count.copy_(n)
 
     def var(self, ddof: int = 1) -> torch.Tensor:
         """Variance with ``ddof`` (0 where there are not more than ``ddof`` observations).
