@@ -18,11 +18,13 @@ from viscope.explain import cam, gradients, perturbation, rollout
 from viscope.explain.inputs import channel_check, check_not_inference, prepare_images
 from viscope.explain.layouts import auto_layer, suggest_layer
 from viscope.explain.targets import Target, TargetArg, resolve_target
-from viscope.models import unwrap
+from viscope.models.tokens import prefix_tokens
 from viscope.registry import Registry
 
-#: Relative epsilon of the normalisation: maps are scaled by (max - min) + EPS * max|map|.
-EPS = 1e-7
+#: A map whose range (max - min) is at most FLAT_ULPS float epsilons of its magnitude
+#: (max |value|) is constant: its "variation" is rounding (bilinear upsampling of a
+#: constant leaves about 1 ulp), and min-max scaling would blow it up to [0, 1].
+FLAT_ULPS = 16.0
 
 
 @dataclass(frozen=True)
@@ -190,8 +192,9 @@ def _attribute(
     target: TargetArg, normalize: bool, options: dict[str, Any],
 ) -> torch.Tensor:
     """:func:`attribute` after its input checks (outside inference mode, images cast)."""
+    hw = (images.shape[-2], images.shape[-1])
     if spec.uses_layer:
-        layer = auto_layer(model) if layer in (None, "auto") else layer
+        layer = auto_layer(model, hw) if layer in (None, "auto") else layer
     elif layer not in (None, "auto"):
         raise ViscopeError(
             f"Method {method!r} does not read a layer; got layer={layer!r}. Pass layer='auto' "
@@ -209,8 +212,11 @@ def _attribute(
     # in train mode each forward pass updates BatchNorm's running statistics: put them back
     with preserved_buffers(model), channel_check(model):
         raw = spec.fn(model, images, tgt, layer, **options)
-    check_maps(raw, method, layer, model)
-    return finish(raw, (images.shape[-2], images.shape[-1]), normalize).to(images.device)
+    single = spec.uses_layer and raw.shape[-2] * raw.shape[-1] == 1
+    if single:  # one position says nothing about where: no map rather than a constant
+        raw = torch.zeros_like(raw)
+    check_maps(raw, method, layer, model, hw, single=single)
+    return finish(raw, hw, normalize).to(images.device)
 
 
 def finish(raw: torch.Tensor, size: tuple[int, int], normalize: bool) -> torch.Tensor:
@@ -221,38 +227,77 @@ def finish(raw: torch.Tensor, size: tuple[int, int], normalize: bool) -> torch.T
     return normalize_maps(maps) if normalize else maps
 
 
-def normalize_maps(maps: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Min-max scale each map (B, H, W) to [0, 1]; the epsilon is relative to its scale.
+def normalize_maps(maps: torch.Tensor, flat_ulps: float = FLAT_ULPS) -> torch.Tensor:
+    """Min-max scale each map (B, H, W) to [0, 1]; a constant map becomes all zeros.
+
+    A map counts as constant when its range is at most ``flat_ulps`` float epsilons (of
+    its dtype) of its magnitude (:func:`flat_maps`), so that rounding noise is not
+    stretched into a pattern.
 
     Example:
-        >>> normalize_maps(torch.tensor([[[1e-9, 3e-9]]])).round(decimals=6).tolist()
+        >>> normalize_maps(torch.tensor([[[1e-9, 3e-9]]])).tolist()
         [[[0.0, 1.0]]]
+        >>> normalize_maps(torch.tensor([[[0.5, 0.5 + 6e-8]]])).tolist()  # 1 ulp apart
+        [[[0.0, 0.0]]]
     """
+    if not maps.is_floating_point():
+        maps = maps.float()
     lo = maps.amin(dim=(-2, -1), keepdim=True)
-    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
+    flat = flat_maps(maps, flat_ulps)[..., None, None]
+    return torch.where(flat, 0.0, (maps - lo) / torch.where(flat, 1.0, span))
+
+
+def flat_maps(maps: torch.Tensor, flat_ulps: float = FLAT_ULPS) -> torch.Tensor:
+    """Whether each map (..., H, W) is constant up to rounding: its range is at most
+    ``flat_ulps`` epsilons of its dtype times its largest magnitude (an all-zero map is
+    constant; a map with NaN is not)."""
+    lo = maps.amin(dim=(-2, -1))
+    hi = maps.amax(dim=(-2, -1))
     scale = torch.maximum(hi.abs(), lo.abs())
-    tiny = torch.finfo(maps.dtype).tiny
-    return (maps - lo) / (hi - lo + eps * scale + tiny)
+    eps = torch.finfo(maps.dtype if maps.is_floating_point() else torch.float32).eps
+    return (hi - lo) <= flat_ulps * eps * scale
 
 
-def check_maps(raw: torch.Tensor, method: str, layer: str | None, model: nn.Module) -> None:
-    """Warn when a map is not finite or has no positive value (an empty explanation)."""
+def check_maps(
+    raw: torch.Tensor, method: str, layer: str | None, model: nn.Module,
+    image_hw: tuple[int, int], *, single: bool = False,
+) -> None:
+    """Warn (once) when maps are not finite, have no positive value (an empty explanation)
+    or are constant, or when the layer has a single position (``single``: 1×1 grid)."""
+    def hint() -> str:  # only when warning: it may run a dry pass
+        return (suggest_layer(model, layer, image_hw) if layer is not None
+                else "check the target and model")
+
+    if single:
+        warnings.warn(
+            f"{method} at layer {layer!r}: the layer's output is a 1x1 grid for "
+            f"{image_hw[0]}x{image_hw[1]} images, which says nothing about where, so the maps "
+            f"are all zero. To fix: {hint()}.",
+            UserWarning, stacklevel=4,  # attribute -> _attribute -> here
+        )
+        return
     flat = raw.detach().flatten(1)
     bad = ~torch.isfinite(flat).all(dim=1)
     empty = ~(flat.clamp(min=0) > 0).any(dim=1) & ~bad
-    if not (bad.any() or empty.any()):
+    constant = flat_maps(raw.detach().clamp(min=0)) & ~empty & ~bad
+    if not (bad.any() or empty.any() or constant.any()):
         return
     where = f"layer {layer!r}" if layer is not None else "the input"
-    hint = suggest_layer(model, layer) if layer is not None else "check the target and model"
     parts = []
     if bad.any():
         parts.append(f"not finite for images {bad.nonzero()[:, 0].tolist()}")
     if empty.any():
         parts.append(f"all zero (no positive evidence) for images {empty.nonzero()[:, 0].tolist()}")
-    vit = layer is not None and hasattr(unwrap(model), "num_prefix_tokens")
+    if constant.any():
+        parts.append(f"constant (no spatial information) for images "
+                     f"{constant.nonzero()[:, 0].tolist()}")
+    # exactly zero (not just negative): no gradient reached the layer's patch tokens
+    vit = layer is not None and prefix_tokens(model) is not None
     why = (" A ViT's last block output gets no gradient on its patch tokens when the head "
-           "reads only the class token." if vit else "")
+           "reads only the class token." if vit and (flat[empty] == 0).all(dim=1).any()
+           else "")
     warnings.warn(
-        f"{method} map at {where} is {' and '.join(parts)}.{why} To fix: {hint}.",
+        f"{method} map at {where} is {' and '.join(parts)}.{why} To fix: {hint()}.",
         UserWarning, stacklevel=4,  # attribute -> _attribute -> here
     )

@@ -1,9 +1,7 @@
-"""Which layer a CAM looks at, and how its output becomes a (B, C, h, w) grid.
+"""How a CAM's layer is captured, and how its output becomes a (B, C, h, w) grid.
 
-``layer="auto"`` picks, per family: a CNN's last stage (timm ``feature_info``'s last
-module, ``layer4`` for ResNets); for ViTs the last block's ``norm1`` (its patch tokens
-carry gradient, unlike the final block's output when the head reads only the class
-token); FasterViT's last level; Swin's last stage (NHWC).
+``layer="auto"`` is chosen in :mod:`viscope.explain.layer_choice` (re-exported here):
+the deepest stage whose grid at the images' size still has spatial information.
 
 Token outputs (B, N, D) become grids from the model's own prefix-token count
 (class, distillation and register tokens) and patch grid; NHWC outputs are permuted.
@@ -19,57 +17,11 @@ from torch import nn
 
 from viscope.activations.tap import LayerRecord, Tap
 from viscope.errors import ViscopeError
+from viscope.explain.layer_choice import auto_layer, suggest_layer
 from viscope.models import unwrap
-from viscope.models.fastervit_models import is_fastervit
 from viscope.models.tokens import patch_grid
 
-
-def auto_layer(model: nn.Module) -> str:
-    """The layer ``layer="auto"`` explains for ``model``.
-
-    Args:
-        model: a model (wrapped or not).
-
-    Returns:
-        A module name of the network.
-
-    Example:
-        >>> from viscope.models import create
-        >>> auto_layer(create("resnet18")), auto_layer(create("test_vit", img_size=32))
-        ('layer4', 'blocks.5.norm1')
-    """
-    net = unwrap(model)
-    if is_fastervit(net):
-        return f"levels.{len(net.levels) - 1}"
-    blocks = getattr(net, "blocks", None)
-    if hasattr(net, "num_prefix_tokens") and isinstance(blocks, nn.Sequential | nn.ModuleList):
-        last = len(blocks) - 1
-        return f"blocks.{last}.norm1" if hasattr(blocks[last], "norm1") else f"blocks.{last}"
-    info = getattr(net, "feature_info", None)
-    if info is not None:
-        try:
-            names = [f["module"] for f in info] if isinstance(info, list) else info.module_name()
-            if names:
-                return str(names[-1])
-        except (TypeError, KeyError, AttributeError):
-            pass
-    if isinstance(getattr(net, "layer4", None), nn.Module):
-        return "layer4"
-    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ViscopeError(
-            f"Expected a convolutional or ViT network for layer='auto'; found no Conv2d in "
-            f"{type(net).__name__}. Pass layer= with a module name (see `viscope list layers`)."
-        )
-    return convs[-1]
-
-
-def suggest_layer(model: nn.Module, layer: str) -> str:
-    """A layer to try instead of ``layer`` when its map is empty."""
-    auto = auto_layer(model)
-    if auto != layer:
-        return f"try layer={auto!r}"
-    return "try an earlier block (see `viscope list layers`)"
+__all__ = ["LayerTap", "auto_layer", "suggest_layer", "to_grid", "token_grid"]
 
 
 class LayerTap(Tap):

@@ -140,7 +140,7 @@ def explain_command(
     indices, images, labels, masks = _draw(ds, samples, seed, split, dataset)
     classes = _check_outputs(net, images[:1].to(device), len(ds.classes))
     targets = _targets(net, images, labels, target, classes, batch_size, device)
-    cam_layer = auto_layer(net) if layer in (None, "auto") else layer
+    cam_layer = auto_layer(net, tuple(images.shape[-2:])) if layer in (None, "auto") else layer
     config = {
         "command": "explain", "model": str(model), "model_args": kwargs,
         "dataset": str(dataset), "split": split, "image_size": image_size,
