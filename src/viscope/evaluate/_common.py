@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain.inputs import channel_check, prepare_images
 from viscope.explain.targets import Target, TargetArg, resolve_target
@@ -82,14 +84,23 @@ def target_of(model: nn.Module, images: torch.Tensor, target: TargetArg) -> Targ
             "is random, so the metric depends on the batch. Call model.eval() first.",
             UserWarning, stacklevel=3,
         )
-    with channel_check(model):
+    with _untouched(model):
         return resolve_target(target, images.shape[0]).fix(model, images)
 
 
 def scores(model: nn.Module, inputs: torch.Tensor, target: Target, prob: bool) -> torch.Tensor:
     """One forward pass of a whole perturbed batch (row b is image b); (B,) scores."""
-    with torch.no_grad(), channel_check(model):
+    with torch.no_grad(), _untouched(model):
         return target.score(model(inputs), prob=prob)
+
+
+@contextmanager
+def _untouched(model: Callable[..., Any]) -> Iterator[None]:
+    """For a forward pass of a metric: BatchNorm statistics of a model in train mode put
+    back afterwards (the metric only reads the model), and input channels checked."""
+    buffers = preserved_buffers(model) if isinstance(model, nn.Module) else nullcontext()
+    with buffers, channel_check(model):
+        yield
 
 
 def ranks(maps: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,20 @@
 """Model-randomisation sanity check (Adebayo et al., 2018): do maps change when the
 weights are randomised, layer by layer from the output down ("cascading")?
 
-It works on a deep copy; the caller's model is never touched.
+It works on a deep copy; the caller's model is never touched (its one forward pass, for
+the predicted class, puts BatchNorm statistics back).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain.api import attribute
 from viscope.explain.inputs import channel_check, prepare_images
@@ -38,12 +41,21 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum() / den
 
 
-def _reinit(module: nn.Module, generator: torch.Generator) -> None:
-    for m in module.modules():
-        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-            m.reset_parameters()
+def _reinit(modules: list[nn.Module], params: list[nn.Parameter],
+            generator: torch.Generator) -> None:
+    """New random weights for ``modules`` (their own initialisation sets the scale) and for
+    ``params`` (their current spread sets it): Gaussian noise of that standard deviation."""
+    for module in modules:
+        for m in module.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+    seen: set[int] = set()
+    targets = [p for m in modules for p in m.parameters()] + list(params)
     with torch.no_grad():
-        for p in module.parameters():
+        for p in targets:
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
             noise = torch.randn(p.shape, generator=generator).to(p)
             scale = p.std().clamp(min=1e-2) if p.numel() > 1 else 1.0
             p.copy_(noise * scale)
@@ -56,15 +68,15 @@ def model_randomization(
     """Rank correlation of maps before and after cascading weight randomisation.
 
     Args:
-        model: the model (deep-copied; the original is left as it is).
+        model: the model (deep-copied and randomised step by step by
+            :func:`randomized_cascade`; the original is left as it is, buffers included).
         images: (B, C, H, W).
         method: attribution method (``viscope.explain.list_methods()``).
         target: as for :func:`viscope.explain.attribute`; ``None`` fixes the class
             predicted by the original model, so every map explains the same class.
-        layers: module names randomised cumulatively, top first (default: the modules
-            that follow the model's default layers, such as the head, then those layers,
-            then the modules before them (the stem), each group reversed, so that the last
-            step leaves the whole network random as in the paper).
+        layers: module names randomised cumulatively, top first (default: see
+            :func:`randomized_cascade`; its last step leaves every parameter random, as
+            in the paper).
         seed: seed of the new weights.
         **options: passed to :func:`~viscope.explain.attribute` (``layer=``, ...).
 
@@ -72,29 +84,84 @@ def model_randomization(
         ``{layer: (B,) Spearman correlation}`` in randomisation order; low values mean
         the method is sensitive to the weights (it passes the check).
     """
-    images = prepare_images(model, images)
-    with torch.inference_mode(False), channel_check(model):
-        tgt = resolve_target(target, images.shape[0]).fix(model, images)
-    classes = tgt.classes if tgt.classes is not None else target
-    before = attribute(model, images, method, target=classes, **options)
-    twin = copy.deepcopy(model)
+    with torch.inference_mode(False):
+        images = prepare_images(model, images)
+        # the predicted class of the original model (in train mode a forward pass would
+        # update its BatchNorm statistics: they are put back)
+        with preserved_buffers(model), channel_check(model):
+            tgt = resolve_target(target, images.shape[0]).fix(model, images)
+        classes = tgt.classes if tgt.classes is not None else target
+        before = attribute(model, images, method, target=classes, **options)
+        return {name: spearman(before, attribute(twin, images, method, target=classes, **options))
+                for name, twin in randomized_cascade(model, layers, seed=seed)}
+
+
+def randomized_cascade(
+    model: nn.Module, layers: list[str] | None = None, *, seed: int = 0
+) -> Iterator[tuple[str, nn.Module]]:
+    """A deep copy of ``model``, randomised cumulatively from the output down; yielded
+    (the same copy) after each step with the name of the module that step randomised.
+
+    The default steps are the modules that follow the model's default layers (the head),
+    then those layers, then the modules before them (the stem), each group reversed.
+    Every parameter they leave out (blocks between default layers, downsampling layers,
+    a ViT's class/register tokens and position embedding) joins the step of the next
+    parameter in registration order that a step covers, so the last step leaves the whole
+    network random. Explicit ``layers`` are randomised as given, nothing added.
+
+    Args:
+        model: the model (not modified).
+        layers: module names of the network, top first; ``None``: the default steps.
+        seed: seed of the new weights (the caller's random state is left as it was).
+
+    Yields:
+        ``(name, randomised copy)``.
+
+    Raises:
+        ViscopeError: a name that is not a module of the network.
+    """
+    with torch.inference_mode(False):  # a copy made in inference mode could not be explained
+        twin = copy.deepcopy(model)
     net = unwrap(twin)
     names = layers if layers is not None else _cascade(net, twin)
     modules = dict(net.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
         raise ViscopeError(f"Expected module names of {type(net).__name__}; got {missing}.")
+    extras = _left_out(net, names) if layers is None else [[] for _ in names]
     gen = torch.Generator().manual_seed(seed)
-    out: dict[str, torch.Tensor] = {}
-    # reset_parameters() draws from the global generator: seed it for the call (and put
-    # the caller's state back), so that ``seed`` alone fixes the new weights
-    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
-        torch.manual_seed(seed)
-        for name in names:
-            _reinit(modules[name], gen)
-            after = attribute(twin, images, method, target=classes, **options)
-            out[name] = spearman(before, after)
-    return out
+    device = next(net.parameters(), torch.empty(0)).device
+    for name, extra in zip(names, extras, strict=True):
+        # reset_parameters() draws from the global generator: seed it from ``gen`` for the
+        # step and put the caller's state back, so that ``seed`` alone fixes the weights
+        step_seed = int(torch.randint(2**62, (1,), generator=gen))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.inference_mode(False):
+            torch.manual_seed(step_seed)
+            _reinit([modules[name]], extra, gen)
+        yield name, twin
+
+
+def _left_out(net: nn.Module, names: list[str]) -> list[list[nn.Parameter]]:
+    """For each step, the parameters no step covers that join it: each joins the step of
+    the next covered parameter in registration order (the last covered one's at the end)."""
+    modules = dict(net.named_modules())
+    owner: dict[int, int] = {}
+    for i, name in enumerate(names):
+        for p in modules[name].parameters():
+            owner.setdefault(id(p), i)
+    extras: list[list[nn.Parameter]] = [[] for _ in names]
+    pending: list[nn.Parameter] = []
+    last = len(names) - 1
+    for p in net.parameters():
+        if id(p) in owner:
+            last = owner[id(p)]
+            extras[last] += pending
+            pending = []
+        else:
+            pending.append(p)
+    extras[last] += pending
+    return extras
 
 
 def _cascade(net: nn.Module, model: nn.Module) -> list[str]:

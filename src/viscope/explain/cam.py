@@ -5,7 +5,8 @@ the others :meth:`CAM.combine`. The template's rules:
 
 * hooks live for one call (:class:`~viscope.explain.layouts.LayerTap`, ``try/finally``);
 * the model's train/eval mode is left as the user set it (BatchNorm in train mode
-  couples the images of a batch, so explain in eval mode);
+  couples the images of a batch, so explain in eval mode), and its running statistics
+  are put back after the call;
 * gradients come from ``torch.autograd.grad`` with respect to the hooked activation only:
   no ``.grad`` on any parameter, and the graph is freed by the call;
 * all maths is torch on the images' device, batched (every image gets its own map).
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viscope.activations import preserved_buffers
 from viscope.explain.layouts import LayerTap, to_grid
 from viscope.explain.targets import Target
 
@@ -42,9 +44,11 @@ class CAM:
     def __call__(
         self, model: nn.Module, images: torch.Tensor, target: Target, layer: str
     ) -> torch.Tensor:
-        """The raw map (B, h, w) of each image at ``layer``'s resolution."""
-        acts, grads = self.activations(model, images, target, layer)
-        return self.combine(acts, grads, model=model, images=images, target=target)
+        """The raw map (B, h, w) of each image at ``layer``'s resolution (BatchNorm
+        statistics of a model in train mode are put back afterwards)."""
+        with preserved_buffers(model):
+            acts, grads = self.activations(model, images, target, layer)
+            return self.combine(acts, grads, model=model, images=images, target=target)
 
     def activations(
         self, model: nn.Module, images: torch.Tensor, target: Target, layer: str

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 
 TargetArg = int | Sequence[int] | torch.Tensor | np.ndarray | Callable | Sequence[Callable] | None
@@ -81,9 +82,10 @@ class Target:
         return self.classes is None and self.fn is None and self.per_image is None
 
     def fix(self, model: torch.nn.Module, images: torch.Tensor) -> Target:
-        """Fix "the predicted class" with one forward pass (no graph); returns ``self``."""
+        """Fix "the predicted class" with one forward pass (no graph; BatchNorm statistics
+        of a model in train mode put back); returns ``self``."""
         if self.predicted:
-            with torch.no_grad():
+            with torch.no_grad(), preserved_buffers(model):
                 self.classes = _logits(model(images)).argmax(dim=1)
         return self
 
