@@ -307,3 +307,29 @@ def test_pretrained_weights_offline_say_so_and_name_a_local_checkpoint(
     assert f"--model {name} --model-arg checkpoint=PATH" in message
     assert f"create({name!r}, pretrained=True, checkpoint=PATH)" in message
     assert "Check the path" not in message
+
+
+@pytest.mark.parametrize("name", ["resnet18", "torchvision:resnet18", "test_vit"])
+def test_local_published_weights_fine_tune_to_other_classes(name: str, tmp_path) -> None:
+    """pretrained=True with a local checkpoint of the published 1000-class weights and
+    num_classes=5: every weight but the classifier comes from the file, the classifier is
+    freshly made for 5 classes (timm's behaviour); without pretrained it stays strict."""
+    import torch
+
+    from viscope.errors import ViscopeError
+    from viscope.models import unwrap
+
+    torch.manual_seed(1)
+    published = unwrap(create(name))  # stands for the downloaded weights
+    path = tmp_path / "published.pth"
+    torch.save(published.state_dict(), path)
+    torch.manual_seed(2)
+    tuned = unwrap(create(name, pretrained=True, checkpoint=path, num_classes=5))
+    fresh, old = tuned.state_dict(), published.state_dict()
+    differ = sorted(k for k in fresh if fresh[k].shape != old[k].shape)
+    assert differ and all(fresh[k].shape[0] == 5 for k in differ)
+    for k in fresh:
+        if k not in differ:
+            assert torch.equal(fresh[k], old[k]), k
+    with pytest.raises(ViscopeError, match="of another shape"):
+        create(name, checkpoint=path, num_classes=5)

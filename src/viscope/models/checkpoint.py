@@ -159,7 +159,8 @@ def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in data.items() if torch.is_tensor(v)}
 
 
-def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                 new_classes: int | None = None) -> None:
     """Load ``state`` into ``net`` strictly, with a readable error on mismatch.
 
     Wrapper prefixes (``module.``, ``model.``, ``net.``, ``_orig_mod.``) shared by every
@@ -172,6 +173,10 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str)
         net: the network (not the wrapper).
         state: the state dict.
         source: where ``state`` came from, for the message.
+        new_classes: fine-tuning to this many classes: the classifier's tensors of the
+            file (those whose first dimension is another class count, the rest of the
+            shape equal) are left out and keep ``net``'s fresh initialisation, as timm
+            does when ``pretrained=True`` meets another ``num_classes``.
 
     Raises:
         ViscopeError: missing or unexpected keys, or shapes that differ.
@@ -187,6 +192,12 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], source: str)
             inner = _fill_shared(_strip_prefixes(inner, expected), expected)
             if len(set(inner) & set(expected)) > len(set(state) & set(expected)):
                 state = inner
+    if new_classes is not None:
+        head = {k for k, v in expected.items() if k in state and v.ndim >= 1
+                and v.shape[0] == new_classes and state[k].shape[0] != new_classes
+                and tuple(state[k].shape[1:]) == tuple(v.shape[1:])}
+        state = {**{k: v for k, v in state.items() if k not in head},
+                 **{k: expected[k] for k in head}}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [

@@ -77,7 +77,8 @@ def create(
             ``None`` (no normalisation) or ``(mean, std)``.
         checkpoint: a state-dict file (timm, torch, Lightning, safetensors or viscope) to
             load into the model, strictly; with ``pretrained=True`` it supplies the
-            weights, so nothing is downloaded.
+            published weights, so nothing is downloaded, and a ``num_classes`` other than
+            the file's gets a freshly initialised classifier (fine-tuning, as timm does).
         **kwargs: passed to the model's constructor (``img_size=32``, ``patch_size=4``,
             ``drop_path_rate=0.1``, ``resolution=64`` ...); for a checkpoint path they
             override the saved ones.
@@ -122,7 +123,9 @@ def create(
         raise ViscopeError(_offline_message(name, err)) from None
     if checkpoint is not None:
         data = read_checkpoint(checkpoint)
-        load_weights(net, extract_state_dict(data), repr(str(checkpoint)))
+        # published weights for fine-tuning: another num_classes gets a fresh classifier
+        load_weights(net, extract_state_dict(data), repr(str(checkpoint)),
+                     new_classes=num_classes if pretrained else None)
     mean_std = resolve_normalize(normalize, net, in_chans)
     record = dict(kwargs)
     if download and name.startswith(TORCHVISION_PREFIX):
