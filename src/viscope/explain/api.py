@@ -146,8 +146,10 @@ def attribute(
         images: (B, C, H, W) float images in [0, 1]; maps come back on their device.
         method: a name of :data:`METHODS` (``list_methods()``).
         layer: for CAMs, the module name to explain (``"name@k"`` for the k-th call of a
-            shared module), or ``"auto"`` (:func:`~viscope.explain.layouts.auto_layer`);
-            other methods take ``"auto"`` or ``None``.
+            shared module), or ``"auto"`` (:func:`~viscope.explain.layer_choice.auto_layer`
+            at the images' size: the deepest stage with a grid of at least 4×4); other
+            methods take ``"auto"`` or ``None``. A layer with a 1×1 grid gives all-zero
+            maps and a warning.
         target: ``None`` (the predicted class), a class index for all images, one per
             image, a callable ``outputs -> (N,)`` or one callable per image
             (e.g. :class:`~viscope.explain.targets.RegionTarget`).
