@@ -195,8 +195,10 @@ def _attribute(
 ) -> torch.Tensor:
     """:func:`attribute` after its input checks (outside inference mode, images cast)."""
     hw = (images.shape[-2], images.shape[-1])
+    auto = None
     if spec.uses_layer:
-        layer = auto_layer(model, hw) if layer in (None, "auto") else layer
+        if layer in (None, "auto"):
+            layer = auto = auto_layer(model, hw)
     elif layer not in (None, "auto"):
         raise ViscopeError(
             f"Method {method!r} does not read a layer; got layer={layer!r}. Pass layer='auto' "
@@ -217,7 +219,7 @@ def _attribute(
     single = spec.uses_layer and raw.shape[-2] * raw.shape[-1] == 1
     if single:  # one position says nothing about where: no map rather than a constant
         raw = torch.zeros_like(raw)
-    check_maps(raw, method, layer, model, hw, single=single)
+    check_maps(raw, method, layer, model, hw, single=single, auto=auto)
     return finish(raw, hw, normalize).to(images.device)
 
 
@@ -263,13 +265,17 @@ def flat_maps(maps: torch.Tensor, flat_ulps: float = FLAT_ULPS) -> torch.Tensor:
 
 def check_maps(
     raw: torch.Tensor, method: str, layer: str | None, model: nn.Module,
-    image_hw: tuple[int, int], *, single: bool = False,
+    image_hw: tuple[int, int], *, single: bool = False, auto: str | None = None,
 ) -> None:
     """Warn (once) when maps are not finite, have no positive value (an empty explanation)
-    or are constant, or when the layer has a single position (``single``: 1×1 grid)."""
-    def hint() -> str:  # only when warning: it may run a dry pass
-        return (suggest_layer(model, layer, image_hw) if layer is not None
-                else "check the target and model")
+    or are constant, or when the layer has a single position (``single``: 1×1 grid).
+    ``auto``: the layer ``"auto"`` resolved to in this call, if it did."""
+    def hint() -> str:  # only when warning: finding the auto layer may take a dry pass
+        if layer is None:
+            return "check the target and model"
+        if auto == layer:
+            return "try an earlier block (see `viscope list layers`)"
+        return suggest_layer(model, layer, image_hw)
 
     if single:
         warnings.warn(

@@ -17,6 +17,11 @@ So the choice depends on the image size. Per family, the candidates, deepest fir
 
 The deepest candidate whose grid is at least :data:`MIN_GRID` × :data:`MIN_GRID` wins;
 when none is, the one with the most positions (the deepest among ties).
+
+Cost: nothing for ViTs and timm models; for the others the dry pass is a forward of one
+image per :func:`~viscope.explain.attribute` call with ``layer="auto"`` (about 1/B of
+the CAM's own forward). To skip it in a loop, resolve the layer once
+(``layer = auto_layer(model, (H, W))``) and pass it.
 """
 
 from __future__ import annotations
