@@ -16,6 +16,7 @@ from viscope.errors import ViscopeError
 from viscope.explain.layouts import token_grid
 from viscope.explain.targets import Target
 from viscope.models import unwrap
+from viscope.models.tokens import patch_grid, prefix_tokens
 
 
 def attention_rollout(
@@ -85,7 +86,15 @@ def attention_rollout(
     if target is not None:
         target.check(outputs)  # class-agnostic: still refuse a class the model lacks
     n = attns[0].shape[-1]
-    prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
+    prefix = prefix_tokens(net)
+    if prefix is None:  # no count in the structure: what precedes the patch grid
+        grid = patch_grid(net, (images.shape[-2], images.shape[-1]))
+        if grid is None or n < grid[0] * grid[1]:
+            raise ViscopeError(
+                f"Expected to tell the prefix (class/register) tokens of {type(net).__name__} "
+                f"from its {n} tokens; its structure does not say. Use a CAM method instead."
+            )
+        prefix = n - grid[0] * grid[1]
     eye = torch.eye(n, device=images.device, dtype=attns[0].dtype)
     roll = eye.expand(images.shape[0], n, n)
     for a in attns:
