@@ -162,3 +162,46 @@ def test_channels_last_layer_equals_the_same_maps_channels_first(spatial):
     for q in ("tv", "sv", "nv"):
         np.testing.assert_array_equal(b.per_unit("0", q), a.per_unit("0", q))
     assert b.per_unit("0").shape == ((5,) if spatial else (5, 24, 24))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_nv_se_resumes_and_merges_shards_to_the_same_numbers(tmp_path):
+    """The valid mask goes with every copy of the state: a resumed run (states loaded
+    from the file) and two shards merged through their tensors (as torch.distributed
+    does) give the uninterrupted numbers."""
+    net, ds = small_cnn(), full(n=12)
+    kw = dict(measure="nv_se", params=5, samples=12, layers=["0", "2"], batch_size=15)
+    whole = measure(net, ds, "rotation", **kw)
+
+    def stop_at_2(done, total):
+        if done == 2:
+            raise Stop
+
+    file = tmp_path / "resume.pt"
+    with pytest.raises(Stop):
+        measure(net, ds, "rotation", resume=file, save_every=0, progress=stop_at_2, **kw)
+    resumed = measure(net, ds, "rotation", resume=file, save_every=0, **kw)
+    for layer in whole.layers:
+        for q in ("tv", "sv", "nv"):
+            np.testing.assert_array_equal(resumed.per_unit(layer, q), whole.per_unit(layer, q))
+
+    from viscope.invariance.measures import MEASURES
+
+    valid = torch.zeros(4, 4, dtype=torch.bool)
+    valid[1:, :3] = True
+    make = MEASURES.get("nv_se").state
+    acts = torch.randn(10, 5, 2, 4, 4, dtype=torch.float64)
+    one = make(5, (2, 4, 4), (1, 2), valid=valid)
+    one.update(acts)
+    a, b = make(5, (2, 4, 4), (1, 2), valid=valid), make(5, (2, 4, 4), (1, 2), valid=valid)
+    a.update(acts[:4])
+    b.update(acts[4:])
+    merged = a.with_tensors(a.tensors()).merge_(a.with_tensors(b.tensors()))
+    out, ref = merged.compute(), one.compute()
+    assert np.isnan(out["nv"][:, 0].numpy()).all() and np.isfinite(out["nv"][:, 1, 0].numpy()).all()
+    for q in ("tv", "sv", "nv"):
+        np.testing.assert_allclose(out[q].numpy(), ref[q].numpy(), rtol=1e-12,
+                                   equal_nan=True)
