@@ -186,3 +186,112 @@ def test_cbrise_tolerance_must_be_positive(tol) -> None:
     with pytest.raises(ViscopeError, match="Expected tol > 0"):
         E.cbrise(small_model(), torch.rand(1, 3, 16, 16), E.resolve_target(0, 1),
                  max_masks=8, tol=tol)
+
+
+# --- defect 8's target on a trained model (slow) ---------------------------------------------
+
+#: Held-out ``shapes`` test images not used when the default tol was chosen (images 0-31).
+TARGET_IMAGES = range(32, 40)
+
+
+@pytest.fixture(scope="module")
+def trained_resnet(tmp_path_factory):
+    """``test_resnet`` trained briefly on ``shapes`` as ``benchmarks/rise_convergence.py``
+    does, and 8 held-out images."""
+    import viscope.data
+    from viscope.train import fit
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        trained = fit("test_resnet", "shapes", out=tmp_path_factory.mktemp("fit"), epochs=10,
+                      n=2000, lr=3e-3, progress=False)
+    test = viscope.data.create("shapes", split="test", n=2000, seed=0)
+    images = torch.stack([test[i][0] for i in TARGET_IMAGES])
+    return trained.model.eval(), images
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+@pytest.fixture(scope="module")
+def against_rise_8000(trained_resnet):
+    """``run(which)``: for the predicted or least likely class of the 8 images, two
+    RISE-8000 maps (seeds 1, 2), their agreement ``r8``, CB-RISE at its defaults (seed 3),
+    its masks and its correlation ``r`` with the second RISE-8000 map (computed once)."""
+    model, images = trained_resnet
+    cache: dict[str, dict] = {}
+
+    def run(which: str) -> dict:
+        if which not in cache:
+            with torch.no_grad():
+                logits = model(images)
+            classes = logits.argmax(1) if which == "predicted" else logits.argmin(1)
+            target = E.resolve_target(classes, len(images))
+            kw = dict(cells=8, batch_size=500)
+            ref1 = E.rise(model, images, target, n_masks=8000, seed=1, **kw)
+            ref2 = E.rise(model, images, target, n_masks=8000, seed=2, **kw)
+            maps, used = E.cbrise(model, images, target, seed=3, batch_size=500)
+            cache[which] = {"classes": classes, "maps": maps, "used": used,
+                            "r8": _pearson(ref1, ref2), "r": _pearson(maps, ref2)}
+        return cache[which]
+
+    return run
+
+
+def _report(res: dict) -> str:
+    return " ".join(f"(r8 {a:.3f}, masks {int(n)}, r {b:.3f})"
+                    for a, n, b in zip(res["r8"], res["used"], res["r"], strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["predicted", "least likely"])
+def test_cbrise_at_its_defaults_keeps_its_promise(trained_resnet, against_rise_8000,
+                                                  which) -> None:
+    """What the stopping rule promises, on a trained model at the defaults. Two RISE-8000
+    maps that agree at r8 put a ceiling on any map's agreement with one of them; a map
+    stopped at relative standard error ``tol`` agrees at about ``sqrt((1 - tol^2) r8)``
+    (checked on every image, to 0.02). The least likely class (p ~ 1e-3) stopped at the
+    500-mask minimum with r = 0.66 under the old absolute tolerance: nothing may stop on
+    its first chunk now. And the stop is the same for 10 × the probability."""
+    import inspect
+
+    tol = inspect.signature(E.cbrise).parameters["tol"].default
+    res = against_rise_8000(which)
+    promised = torch.minimum(((1 - tol**2) * res["r8"]).sqrt(), res["r8"])  # r8: ran to 8000
+    assert (res["r"] >= promised - 0.02).all(), _report(res)
+    assert (res["used"] > 250).all(), _report(res)
+
+    model, images = trained_resnet
+    scaled = [(lambda row, c=int(c): 10 * row.softmax(0)[c]) for c in res["classes"]]
+    maps10, used10 = E.cbrise(model, images, E.resolve_target(scaled, len(images)), seed=3,
+                              batch_size=500)
+    assert used10.tolist() == res["used"].tolist()
+    torch.testing.assert_close(maps10, 10 * res["maps"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "defect 8's target as stated is out of reach on images whose RISE-8000 runs agree at "
+    "0.95 <= r8 < 0.975, and met on only some of those above (see the docstring)"))
+@pytest.mark.parametrize("which", ["predicted", "least likely"])
+def test_cbrise_target_a_third_of_the_masks(against_rise_8000, which) -> None:
+    """Defect 8's target as stated: on images whose two RISE-8000 runs agree at r8 >= 0.95,
+    CB-RISE reaches r >= 0.95 with RISE-8000 within a third of the masks (2667).
+
+    Not reached, and not reachable by any stopping rule: a map stopped at relative standard
+    error ``tol`` agrees with RISE-8000 at about ``sqrt((1 - tol^2) r8)`` after about
+    ``8000 (1 - r8) / tol^2`` masks, so 0.95 within 2667 masks needs r8 >= 0.975 in
+    expectation (at N masks plain RISE itself reaches about ``sqrt((1 - 8000 (1 - r8) / N)
+    r8)``). Measured (benchmarks/rise_convergence.py, images 0-15): met on 7 of 14 images
+    (predicted class) and 5 of 14 (least likely); of those with r8 >= 0.975, on 7 of 9 and
+    5 of 8, the others taking 2750-4750 masks or reaching 0.946-0.947. Here (images 32-39,
+    not used to choose ``tol``): met on 3 of 7 (predicted) and 2 of 8 (least likely); every
+    one of the 15 reached r >= 0.951, the others took 2750-4500 masks. Kept as an expected
+    failure so that the gap stays visible."""
+    res = against_rise_8000(which)
+    sel = res["r8"] >= 0.95
+    met = (res["r"] >= 0.95) & (res["used"] <= 8000 // 3)
+    assert met[sel].all(), _report(res)
