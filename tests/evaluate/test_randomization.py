@@ -75,3 +75,18 @@ def test_the_seed_alone_fixes_the_weights() -> None:
     c = final(4)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_a_model_whose_default_layers_reuse_a_block() -> None:
+    """Default layers list each call of a reused module (layer1.0@0, @1): the cascade
+    randomises the module once and still leaves every parameter random."""
+    torch.manual_seed(0)
+    model = M.create("resnet18", num_classes=5).eval()
+    net = M.unwrap(model)
+    net.layer1[1] = net.layer1[0]  # one block run twice
+    assert "layer1.0@1" in M.default_layers(model, (3, 32, 32))
+    steps, twin = [], None
+    for step, twin in randomized_cascade(model, seed=1, input_size=(3, 32, 32)):
+        steps.append(step)
+    assert len(steps) == len(set(steps)) and "layer1.0" in steps
+    assert not [n for n, c in _changed(model, twin).items() if not c]

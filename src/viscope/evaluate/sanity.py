@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from viscope.activations import preserved_buffers
+from viscope.activations import parse_layer, preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain.api import attribute
 from viscope.explain.inputs import channel_check, prepare_images
@@ -93,11 +93,13 @@ def model_randomization(
         classes = tgt.classes if tgt.classes is not None else target
         before = attribute(model, images, method, target=classes, **options)
         return {name: spearman(before, attribute(twin, images, method, target=classes, **options))
-                for name, twin in randomized_cascade(model, layers, seed=seed)}
+                for name, twin in randomized_cascade(model, layers, seed=seed,
+                                                     input_size=tuple(images.shape[1:]))}
 
 
 def randomized_cascade(
-    model: nn.Module, layers: list[str] | None = None, *, seed: int = 0
+    model: nn.Module, layers: list[str] | None = None, *, seed: int = 0,
+    input_size: tuple[int, ...] | None = None,
 ) -> Iterator[tuple[str, nn.Module]]:
     """A deep copy of ``model``, randomised cumulatively from the output down; yielded
     (the same copy) after each step with the name of the module that step randomised.
@@ -113,6 +115,8 @@ def randomized_cascade(
         model: the model (not modified).
         layers: module names of the network, top first; ``None``: the default steps.
         seed: seed of the new weights (the caller's random state is left as it was).
+        input_size: (C, H, W) of the images, for the dry pass that finds the default
+            layers (``None``: the model's own size).
 
     Yields:
         ``(name, randomised copy)``.
@@ -123,7 +127,7 @@ def randomized_cascade(
     with torch.inference_mode(False):  # a copy made in inference mode could not be explained
         twin = copy.deepcopy(model)
     net = unwrap(twin)
-    names = layers if layers is not None else _cascade(net, twin)
+    names = layers if layers is not None else _cascade(net, twin, input_size)
     modules = dict(net.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
@@ -164,8 +168,10 @@ def _left_out(net: nn.Module, names: list[str]) -> list[list[nn.Parameter]]:
     return extras
 
 
-def _cascade(net: nn.Module, model: nn.Module) -> list[str]:
-    blocks = default_layers(model)
+def _cascade(net: nn.Module, model: nn.Module,
+             input_size: tuple[int, ...] | None = None) -> list[str]:
+    # a module that runs several times is one step (default layers list each call: x@k)
+    blocks = list(dict.fromkeys(parse_layer(b)[0] for b in default_layers(model, input_size)))
     children = [n for n, m in net.named_children() if any(True for _ in m.parameters())]
     last_top = blocks[-1].split(".")[0] if blocks else None
     first_top = blocks[0].split(".")[0] if blocks else None
