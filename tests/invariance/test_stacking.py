@@ -62,7 +62,7 @@ def test_vit_blocks_are_stacked_with_the_same_numbers(monkeypatch):
         groups.append(sorted({tuple(s.names) for s in out.values()}))
         return out
 
-    monkeypatch.setattr("viscope.invariance.engine.stack_layers", spy)
+    monkeypatch.setattr("viscope.invariance.loop.stack_layers", spy)
     kw = dict(params=4, samples=10, batch_size=24, tokens="patch")
     stacked = measure(net, data(10, 32), "rotation", **kw)
     assert groups == [[tuple(f"blocks.{k}" for k in range(6))]]

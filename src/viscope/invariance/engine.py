@@ -8,8 +8,9 @@ after a measured layer cannot corrupt it.
 
 :func:`measure` runs four steps: :func:`_validate` (checked arguments, a
 :class:`_Setup`), :func:`_plan` (the probe pass, each layer's empty state, a
-:class:`_Plan`), :func:`_run` (the stages over the batches, resumable, merged across
-processes) and :func:`_result`.
+:class:`~viscope.invariance.loop.Plan`), :func:`_run` (the stages over the batches,
+resumable, merged across processes; the hot loop is :meth:`Plan.run_stage`) and
+:func:`_result`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from viscope.activations import Tap
 from viscope.errors import ViscopeError
-from viscope.invariance.equivariance import spatial_map
+from viscope.invariance.loop import BadInput, Plan
 from viscope.invariance.measures import MEASURES, LayerState, MeasureOptions, MeasureSpec
 from viscope.invariance.plan import (
     check_int,
@@ -41,21 +41,6 @@ from viscope.invariance.plan import (
 from viscope.invariance.result import InvarianceResult
 from viscope.invariance.resume import Checkpoint, GracefulInterrupt, fingerprint
 from viscope.invariance.runtime import Progress, dist_info, merge_ranks, warn_non_finite
-from viscope.invariance.stacking import stack_layers
-from viscope.invariance.stats import working_precision
-
-
-class _StopForward(BaseException):
-    """Raised from the last measured layer's hook to skip the rest of the forward pass
-    (a BaseException, so that a model's own ``except Exception`` cannot swallow it)."""
-
-
-class _BadInput(ViscopeError):
-    """Non-finite pixels in a batch; ``done`` batches of the stage are in the states."""
-
-    def __init__(self, message: str, done: int) -> None:
-        super().__init__(message)
-        self.done = done
 
 
 def measure(
@@ -230,7 +215,7 @@ def _validate(model, dataset, transform, *, measure, samples, params, layers, ba
     )
 
 
-def _plan(setup: _Setup) -> tuple[_Plan, dict[str, LayerState]]:
+def _plan(setup: _Setup) -> tuple[Plan, dict[str, LayerState]]:
     """Probe which layers run and how their outputs are laid out; build each measured
     layer's empty state. The model is on its device, in eval mode."""
     s = setup
@@ -248,12 +233,12 @@ def _plan(setup: _Setup) -> tuple[_Plan, dict[str, LayerState]]:
     states = {nm: new_state(s.spec, records[nm], m, s.options, s.device, s.tokens,
                             s.family, s.grid)
               for nm in measured}
-    plan = _Plan(s.model, s.family, s.grid, records, s.tokens, s.prefix_tokens,
+    plan = Plan(s.model, s.family, s.grid, records, s.tokens, s.prefix_tokens,
                  s.spec.equivariant, s.device, s.shard, s.rows, s.dtype, measured, skipped)
     return plan, states
 
 
-def _run(setup: _Setup, plan: _Plan, states: dict[str, LayerState],
+def _run(setup: _Setup, plan: Plan, states: dict[str, LayerState],
          progress: bool | Callable[[int, int], None], resume: str | Path | None,
          save_every: float) -> dict[str, dict[str, Any]]:
     """Run every stage of the measure over this process's shard, saving to ``resume``
@@ -308,7 +293,7 @@ def _run(setup: _Setup, plan: _Plan, states: dict[str, LayerState],
             try:
                 with guard:
                     plan.run_stage(loader_from(first), first, states, stage, k, after_batch)
-            except _BadInput as e:
+            except BadInput as e:
                 if ckpt is None:
                     raise ViscopeError(f"{e} and run again.") from None
                 ckpt.save(k, e.done, states)  # the states hold exactly the batches before it
@@ -329,7 +314,7 @@ def _run(setup: _Setup, plan: _Plan, states: dict[str, LayerState],
     return values
 
 
-def _result(setup: _Setup, plan: _Plan, shapes: dict[str, tuple[int, ...]],
+def _result(setup: _Setup, plan: Plan, shapes: dict[str, tuple[int, ...]],
             values: dict[str, dict[str, Any]]) -> InvarianceResult:
     """The :class:`InvarianceResult` of the computed per-unit values; ``shapes`` are the
     unit shapes the states saw (for ``nv_se``: (C, h, w) whatever the layer's layout)."""
@@ -360,87 +345,6 @@ def _model_name(model: nn.Module) -> str:
 
     spec = spec_of(model)
     return spec.name if spec is not None else type(unwrap(model)).__name__
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What every stage of one measurement shares. ``shard[k]`` is the dataset index of
-    this process's k-th sample and ``rows`` the samples per batch (to name bad samples)."""
-
-    model: nn.Module
-    family: Any
-    grid: torch.Tensor
-    records: dict
-    tokens: str
-    prefix_tokens: int | None
-    equivariant: bool
-    device: torch.device
-    shard: list[int]
-    rows: int
-    dtype: torch.dtype | None = None  # images are cast to it (the model's dtype)
-    measured: list[str] | None = None  # layers that ran in the probe, in order
-    skipped: list[str] | None = None  # layers that did not
-
-    def run_stage(self, loader: DataLoader, first: int, states: dict[str, LayerState],
-                  stage: str, s: int, after_batch: Callable[[int], None]) -> None:
-        """Run stage ``s`` (``stage``) over ``loader`` (batches ``first``, ``first + 1``,
-        ...); ``after_batch(done)`` is called once each batch is in the states."""
-        model, family, grid, records = self.model, self.family, self.grid, self.records
-        equivariant, device, shard, rows = self.equivariant, self.device, self.shard, self.rows
-        dtype = self.dtype
-        m = grid.shape[0]
-        ctx: dict[str, Any] = {}
-        # small layers of one shape are updated together (same numbers, fewer operations)
-        stacks = stack_layers(states, rows, {"reference": 1, "grid": m}.get(stage, m + 1))
-        groups = set(stacks.values())
-
-        def consume(name: str, act: torch.Tensor) -> None:
-            b, cols = ctx["rows"], ctx["cols"]
-            if equivariant:
-                rec = records[name]
-                maps = working_precision(spatial_map(act, rec.layout, rec.grid))
-                act = family.inverse(maps, ctx["params"])
-            act = act.reshape(b, cols, *act.shape[1:])
-            stack = stacks.get(name)
-            if stack is None:
-                states[name].update(act, s)  # the tap only hooks measured layers
-            else:
-                stack.put(name, act, s)
-            ctx["fired"] += 1
-            if ctx["fired"] == len(states):
-                raise _StopForward  # every measured layer is in: the rest of the net is not needed
-
-        with torch.no_grad(), Tap(model, list(states), callback=consume, tokens=self.tokens,
-                                  prefix_tokens=self.prefix_tokens):
-            for done, x in enumerate(loader, start=first + 1):
-                finite = torch.isfinite(x.flatten(1)).all(dim=1)  # on the loader's side: no sync
-                if not bool(finite.all()):
-                    ids = [shard[(done - 1) * rows + i] for i in (~finite).nonzero()[:, 0].tolist()]
-                    raise _BadInput(
-                        f"Dataset samples {ids} have NaN or infinite pixels: fix them", done - 1)
-                x = x.to(device, non_blocking=True)
-                b = x.shape[0]
-                params = grid.repeat(b, *([1] * (grid.ndim - 1)))
-                if stage == "reference":
-                    images, cols = x, 1
-                else:
-                    moved = family.apply(x.repeat_interleave(m, 0), params)
-                    if stage == "grid":
-                        images, cols = moved, m
-                    else:  # grid+reference: column 0 is the untransformed image
-                        moved = moved.reshape(b, m, *x.shape[1:])
-                        images = torch.cat([x.unsqueeze(1), moved], 1).flatten(0, 1)
-                        cols = m + 1
-                if dtype is not None and images.dtype != dtype:
-                    images = images.to(dtype)  # transformed in the data's precision
-                ctx.update(rows=b, cols=cols, params=params, fired=0)
-                for stack in groups:
-                    stack.start_batch()
-                try:
-                    model(images)
-                except _StopForward:
-                    pass
-                after_batch(done)
 
 
 __all__ = ["measure", "resolve_transform"]
