@@ -234,7 +234,7 @@ def _plan(setup: _Setup) -> tuple[Plan, dict[str, LayerState]]:
                             s.family, s.grid)
               for nm in measured}
     plan = Plan(s.model, s.family, s.grid, records, s.tokens, s.prefix_tokens,
-                 s.spec.equivariant, s.device, s.shard, s.rows, s.dtype, measured, skipped)
+                s.spec.equivariant, s.device, s.shard, s.rows, s.dtype, measured, skipped)
     return plan, states
 
 
