@@ -174,3 +174,24 @@ def test_pretrained_offline_names_a_local_checkpoint_which_then_trains(
     record = json.loads((tmp_path / "b" / "train.json").read_text())
     assert record["init_sha256"] == digest.hexdigest()
     assert record["config"]["model"]["pretrained"] is True
+
+
+def test_fit_and_optimiser_defaults_are_the_config_defaults() -> None:
+    """The same default lives in three signatures (TrainConfig, fit, OptimSettings): a run
+    from Python and one from the command line must train alike (fit's None means "the
+    usual": ce, the seed as data seed, ...)."""
+    import dataclasses
+
+    from viscope.train import fit
+    from viscope.train.optim import OptimSettings
+
+    fields = TrainConfig.model_fields
+    checked = 0
+    for name, param in inspect.signature(fit).parameters.items():
+        if name in fields and param.default not in (inspect.Parameter.empty, None):
+            assert param.default == fields[name].get_default(call_default_factory=True), name
+            checked += 1
+    for f in dataclasses.fields(OptimSettings):
+        assert f.default == fields[f.name].get_default(call_default_factory=True), f.name
+        checked += 1
+    assert checked >= 25
