@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from viscope.activations import preserved_buffers
 from viscope.errors import ViscopeError
 from viscope.explain.targets import Target
 
@@ -238,17 +239,18 @@ def rise(
         (B, H, W) saliency maps.
     """
     _check_estimator(estimator)
-    target.fix(model, images)
     gen = torch.Generator().manual_seed(seed)
     base = perturbation_baseline(images, baseline)
     size = (images.shape[-2], images.shape[-1])
     which = torch.arange(images.shape[0], device=images.device)
     sums = _RiseSums(images.shape[0], size, images.device, second=False)
-    for start in range(0, n_masks, chunk):
-        masks = rise_masks(min(chunk, n_masks - start), size, cells=cells, p=p, generator=gen,
-                           device=images.device, dtype=images.dtype)
-        sums.add(which, _masked_scores(model, images, base, masks, target, which, batch_size),
-                 masks)
+    with preserved_buffers(model):  # a train-mode model's BatchNorm statistics stay
+        target.fix(model, images)
+        for start in range(0, n_masks, chunk):
+            masks = rise_masks(min(chunk, n_masks - start), size, cells=cells, p=p,
+                               generator=gen, device=images.device, dtype=images.dtype)
+            sums.add(which, _masked_scores(model, images, base, masks, target, which,
+                                           batch_size), masks)
     return sums.saliency(p, estimator).to(images.dtype)
 
 
@@ -322,22 +324,23 @@ def cbrise(
             f"Expected tol > 0 (the map's relative standard error that stops an image, "
             f"e.g. 0.25); got {tol!r}."
         )
-    target.fix(model, images)
     gen = torch.Generator().manual_seed(seed)
     base = perturbation_baseline(images, baseline)
     b, size = images.shape[0], (images.shape[-2], images.shape[-1])
     dev = images.device
     sums = _RiseSums(b, size, dev, second=True)
     active = torch.ones(b, dtype=torch.bool, device=dev)
-    for start in range(0, max_masks, chunk):
-        which = active.nonzero()[:, 0]
-        if len(which) == 0:
-            break
-        masks = rise_masks(min(chunk, max_masks - start), size, cells=cells, p=p,
-                           generator=gen, device=dev, dtype=images.dtype)
-        sums.add(which, _masked_scores(model, images, base, masks, target, which, batch_size),
-                 masks)
-        active[which[sums.noise_ratio(which, p, estimator) < tol]] = False
+    with preserved_buffers(model):  # a train-mode model's BatchNorm statistics stay
+        target.fix(model, images)
+        for start in range(0, max_masks, chunk):
+            which = active.nonzero()[:, 0]
+            if len(which) == 0:
+                break
+            masks = rise_masks(min(chunk, max_masks - start), size, cells=cells, p=p,
+                               generator=gen, device=dev, dtype=images.dtype)
+            sums.add(which, _masked_scores(model, images, base, masks, target, which,
+                                           batch_size), masks)
+            active[which[sums.noise_ratio(which, p, estimator) < tol]] = False
     return sums.saliency(p, estimator).to(images.dtype), sums.n.long()
 
 
@@ -362,15 +365,17 @@ def occlusion(
     """
     from captum.attr import Occlusion
 
-    target.fix(model, images)
     c, h, w = images.shape[1:]
     window = window or max(1, min(h, w) // 4)
     stride = stride or max(1, window // 2)
-    fwd, tgt = captum_forward(model, target)
-    attr = Occlusion(fwd).attribute(
-        images, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
-        baselines=baseline, target=tgt, perturbations_per_eval=max(1, batch_size // len(images)),
-    )
+    with preserved_buffers(model):  # a train-mode model's BatchNorm statistics stay
+        target.fix(model, images)
+        fwd, tgt = captum_forward(model, target)
+        attr = Occlusion(fwd).attribute(
+            images, sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
+            baselines=baseline, target=tgt,
+            perturbations_per_eval=max(1, batch_size // len(images)),
+        )
     return attr.sum(dim=1)
 
 
