@@ -24,7 +24,7 @@ def test_gradcam_points_at_the_shape(shapes_model) -> None:
 @pytest.mark.slow
 def test_cbrise_converges_to_rise_with_a_third_of_the_masks(shapes_model) -> None:
     """Every image, 4 × 4 mask cells (8 px at 32 px), both with the default (centred)
-    estimator. Measured on 16 images: 500-1750 masks, correlation 0.971-0.997."""
+    estimator, tol 0.25. Measured on 16 images: 250-1000 masks, correlation 0.967-0.993."""
     model, images, labels, _ = shapes_model
     images, labels = images[:8], labels[:8]
     target = E.resolve_target(labels, 8)
