@@ -20,6 +20,11 @@ from viscope.errors import ViscopeError
 
 Item = tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]
 
+#: Mask value of a pixel that a segmentation loss and metric ignore (pseudo-masks'
+#: uncertain band; an image without a real mask is all IGNORE). Masks are otherwise
+#: {0, 1}; -1 can never be a probability, so no valid pixel reads as ignored.
+IGNORE: float = -1.0
+
 
 class VisionDataset(Dataset):
     """Base class of viscope datasets: ``classes``, ``has_masks``, ``targets``, items.
