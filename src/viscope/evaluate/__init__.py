@@ -10,6 +10,9 @@ model-randomisation sanity check.
 torch.Size([2])
 """
 
+# segmentation (per-image Dice/IoU of binary masks with an ignore value, for weak labels) is
+# reached as a module, evaluate.segmentation.dice: not localisation's map-thresholding dice
+from viscope.evaluate import segmentation as segmentation
 from viscope.evaluate.faithfulness import (
     deletion_auc,
     deletion_curve,
