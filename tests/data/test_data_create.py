@@ -15,7 +15,8 @@ from viscope.errors import ViscopeError
 
 
 def test_list_datasets() -> None:
-    assert list_datasets() == ["shapes", "digits", "color-digits", "faces"] == DATASETS.names()
+    names = ["shapes", "digits", "color-digits", "faces", "mammo"]
+    assert list_datasets() == names == DATASETS.names()
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -71,7 +72,7 @@ def test_unknown_name_or_path() -> None:
     with pytest.raises(
         ViscopeError,
         match=r"Unknown dataset 'nope': not a built-in dataset \(shapes, digits, color-digits, "
-        r"faces\) and no such folder/CSV file\.",
+        r"faces, mammo\) and no such folder/CSV file\.",
     ):
         create("nope")
     with pytest.raises(ViscopeError, match="Did you mean 'shapes'"):

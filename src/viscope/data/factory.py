@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 
 from viscope.data.base import SubsetDataset, VisionDataset, check_seed
+from viscope.data.density import DensityCSV, is_density_csv
 from viscope.data.digits import ColorDigitsDataset, DigitsDataset
 from viscope.data.faces import FacesDataset
 from viscope.data.folder import ImageFolder
+from viscope.data.mammo import MammoDataset
 from viscope.data.shapes import ShapesDataset
 from viscope.data.splits import SPLIT_NAMES, resolve_fractions, split_indices
 from viscope.data.table import CSVDataset
@@ -26,6 +28,7 @@ DATASETS.register("shapes", ShapesDataset)
 DATASETS.register("digits", DigitsDataset)
 DATASETS.register("color-digits", ColorDigitsDataset)
 DATASETS.register("faces", FacesDataset)
+DATASETS.register("mammo", MammoDataset)
 
 SPLITS = ("all", *SPLIT_NAMES)
 
@@ -35,7 +38,7 @@ def list_datasets() -> list[str]:
 
     Example:
         >>> list_datasets()
-        ['shapes', 'digits', 'color-digits', 'faces']
+        ['shapes', 'digits', 'color-digits', 'faces', 'mammo']
     """
     return DATASETS.names()
 
@@ -53,22 +56,25 @@ def create(
 
     Args:
         name_or_path: A name from :func:`list_datasets`, a folder laid out as
-            ``root/<class>/<image>`` (:class:`ImageFolder`) or a ``.csv`` file
-            (:class:`CSVDataset`). A built-in name wins over a folder of the same name;
-            write ``./shapes`` for the folder.
+            ``root/<class>/<image>`` (:class:`ImageFolder`) or a ``.csv`` file: one whose
+            header has a ``density`` column and no ``label`` column lists mammograms
+            (:class:`~viscope.data.density.DensityCSV`, ``path,density[,mask_path]``),
+            any other is a :class:`CSVDataset` (``path,label[,mask_path]``). A built-in
+            name wins over a folder of the same name; write ``./shapes`` for the folder.
         split: ``"all"``, or ``"train"``, ``"val"`` or ``"test"`` of a stratified split
             (:func:`split_indices` with ``seed``; ``fractions=`` in ``kw`` changes the
             default 0.7/0.15/0.15, and a dict of fractions may name other splits).
         size: Image side in pixels (folders and CSV files also take ``(height, width)``
             or ``None`` to keep their files' size).
-        n: Number of items: for ``shapes`` how many to generate (default 2000),
+        n: Number of items: for ``shapes`` and ``mammo`` how many to generate,
             otherwise a seeded random subset of that many (default all).
         seed: Seed of generation, of the ``n`` subset and of the split.
         skip_corrupt: For a folder or CSV file, check every file up front and skip the
-            unreadable ones with one warning. ``False`` is passed to no dataset, so it
-            suits built-in names too.
-        **kw: Passed on to the dataset (``cache`` for shapes; ``skip_corrupt``, and
-            ``root`` for CSV files).
+            unreadable ones with one warning (for a density CSV: ``skip_invalid``).
+            ``False`` is passed to no dataset, so it suits built-in names too.
+        **kw: Passed on to the dataset (``cache`` for shapes; ``classes`` for mammo;
+            ``skip_corrupt``, and ``root`` for CSV files; ``skip_invalid``, ``flip`` and
+            ``classes`` for a density CSV).
 
     Returns:
         The dataset; for a split, a :class:`SubsetDataset` whose ``.indices`` index the
@@ -109,6 +115,10 @@ def _build(
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         dataset: VisionDataset = _call(ImageFolder, str(path), {"root": path, "size": size}, kw)
+    elif path.is_file() and path.suffix.lower() == ".csv" and is_density_csv(path):
+        if kw.pop("skip_corrupt", False):
+            kw["skip_invalid"] = True
+        dataset = _call(DensityCSV, str(path), {"csv_path": path, "size": size}, kw)
     elif path.is_file() and path.suffix.lower() == ".csv":
         dataset = _call(CSVDataset, str(path), {"csv_path": path, "size": size}, kw)
     elif path.exists():
