@@ -16,6 +16,7 @@ from viscope.models.checkpoint import (
     read_checkpoint,
 )
 from viscope.models.fastervit_models import create_fastervit, fastervit_names, is_fastervit_name
+from viscope.models.segmentation import build_smp, is_smp_name
 from viscope.models.wrapper import ModelSpec, NormalizeArg, Normalized, resolve_normalize, unwrap
 from viscope.registry import Registry
 
@@ -33,6 +34,7 @@ for _name, _about in [
     ("fastervit_tiny", "fastervit: a small FasterViT for 32 px images, with carrier tokens"),
     ("fastervit_0", "fastervit: FasterViT-0 (224 px)"),
     ("torchvision:resnet18", "torchvision: ResNet-18"),
+    ("smp:unet", "smp: a UNet, logits (B, 1, H, W); encoder=any smp encoder or tu-<timm name>"),
 ]:
     MODELS.register(_name, _about)
 
@@ -65,8 +67,10 @@ def create(
     Args:
         name: a timm model name (``"resnet18"``, ``"test_vit"``, ``"hf-hub:..."``), a
             torchvision one as ``"torchvision:resnet18"``, a FasterViT one
-            (``"fastervit_0"`` ... ``"fastervit_6"``, ``"fastervit_tiny"``), or the path
-            of a checkpoint written by :func:`save_checkpoint`.
+            (``"fastervit_0"`` ... ``"fastervit_6"``, ``"fastervit_tiny"``), a
+            segmentation-models-pytorch one as ``"smp:unet"`` (``smp:<arch>`` with
+            ``encoder=``, see :mod:`viscope.models.segmentation`), or the path of a
+            checkpoint written by :func:`save_checkpoint`.
         num_classes: classifier outputs (``None``: the model's default).
         pretrained: load published weights (needs the internet the first time; offline,
             pass ``checkpoint=`` too).
@@ -165,6 +169,10 @@ def build_network(
     if name.startswith(TORCHVISION_PREFIX):
         return _create_torchvision(
             name[len(TORCHVISION_PREFIX) :], num_classes, pretrained, in_chans, kwargs
+        )
+    if is_smp_name(name):
+        return build_smp(
+            name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
         )
     if is_fastervit_name(name):
         return create_fastervit(
