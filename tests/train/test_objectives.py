@@ -348,9 +348,17 @@ def test_every_registered_objective_gives_a_finite_loss_with_gradients(
     objective = OBJECTIVES.get(name)()
     assert objective.name == name
     model = tiny_vit(2)
+    if objective.out_channels is not None:  # e.g. segmentation: a model of that many outputs
+        model = models.create("smp:unet", num_classes=objective.out_channels,
+                              encoder="tu-test_resnet", encoder_depth=3,
+                              decoder_channels=[8, 8, 8])
     module = TrainModule(model, 2, objectives=[objective])
     items = [separable["train"][i] for i in range(4)]
     batch = [torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])]
+    if objective.uses_masks:  # items with masks: shapes'
+        shapes = data.create("shapes", n=4, size=32)
+        batch = [torch.stack([shapes[i][k] for i in range(4)]) if k != 1 else
+                 torch.tensor([shapes[i][1] for i in range(4)]) for k in range(3)]
     with torch.no_grad():
         objective.setup(model, 2, module.make_step("train", batch[0], batch))
     loss = objective.loss(module.make_step("train", batch[0], batch))

@@ -124,8 +124,9 @@ def fit(
 
     Args:
         model: a model from :func:`viscope.models.create` whose classifier has one output
-            per class, or a model name/checkpoint path to create (after seeding) with
-            ``num_classes`` from the dataset and ``model_kwargs``.
+            per class (or as many as the objectives need: one channel for ``"seg"``), or
+            a model name/checkpoint path to create (after seeding) with that
+            ``num_classes`` and ``model_kwargs`` (``"smp:unet"`` for segmentation).
         dataset: a built-in name, a folder or CSV file (split with
             ``viscope.data.create(..., split=..., seed=data_seed)``), or a dict
             ``{"train": ds, "val": ds, "test": ds}`` (``test`` optional).
@@ -226,7 +227,7 @@ def fit(
 
     splits, classes = steps.resolve_data(dataset, image_size, n, data_seed, skip_corrupt)
     pl.seed_everything(seed, workers=True, verbose=False)
-    model = steps.resolve_model(model, len(classes), model_kwargs)
+    model = steps.resolve_model(model, len(classes), model_kwargs, terms)
     module = TrainModule(model, len(classes), objectives=terms, optim=settings,
                          augment=family, augment_p=augment_p, seed=seed)
     monitor, mode = steps.resolve_monitor(monitor, module)

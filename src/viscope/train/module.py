@@ -23,6 +23,7 @@ from viscope.train.augment import (
 from viscope.train.features import forward_with_features
 from viscope.train.objectives import Objective, ObjectivesArg, Step, resolve_objectives
 from viscope.train.optim import OptimSettings, make_optimizer, make_scheduler
+from viscope.train.segmentation import augment_masks, check_mask_family
 
 
 class TrainModule(pl.LightningModule):
@@ -32,7 +33,9 @@ class TrainModule(pl.LightningModule):
     (:mod:`viscope.train.objectives`; cross-entropy by default). If an augmentation family
     is given, every training batch is augmented on the model's device inside
     :meth:`training_step`, one random parameter per image drawn uniformly from the
-    family's range (with probability ``augment_p`` per image). Augmentation runs in float32
+    family's range (with probability ``augment_p`` per image); masks, when an objective
+    reads them, are warped with the same parameters
+    (:func:`~viscope.train.segmentation.augment_masks`). Augmentation runs in float32
     outside autocast; the images are then cast to the model's floating dtype (a
     ``.double()`` or bfloat16 model trains on float32 data).
 
@@ -93,6 +96,8 @@ class TrainModule(pl.LightningModule):
         self.objectives = nn.ModuleList(made)
         self._uses_features = any(o.uses_features for o in made)
         family = resolve_family(augment)
+        if family is not None and any(o.uses_masks for o in made):
+            check_mask_family(family)
         self.augment = BatchAugment(family, augment_p, seed) if family is not None else None
         self.seed = int(seed)
         self.save_hyperparameters(
@@ -181,7 +186,10 @@ class TrainModule(pl.LightningModule):
         return {"loss": total, **terms} if len(terms) > 1 else {"loss": total}
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        step = self.make_step("train", self.augment_batch(batch[0]), batch)
+        images = self.augment_batch(batch[0])
+        if len(batch) > 2 and self.augment is not None:  # masks move with their images
+            batch = [*batch[:2], augment_masks(self.augment, batch[2]), *batch[3:]]
+        step = self.make_step("train", images, batch)
         losses = self._losses(step)
         n = len(batch[1])
         for key, value in losses.items():

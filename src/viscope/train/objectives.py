@@ -88,6 +88,8 @@ class Objective(nn.Module):
             the loaders otherwise drop.
         classifies: its loss trains the model's logits as a classifier, so ``fit``
             reports test accuracy.
+        out_channels: the model outputs it needs when ``fit`` creates the model by name
+            (``None``: no need of its own; a classifying objective needs one per class).
 
     Args:
         weight: the factor of this term in the training loss.
@@ -100,6 +102,7 @@ class Objective(nn.Module):
     uses_features: ClassVar[bool] = False
     uses_masks: ClassVar[bool] = False
     classifies: ClassVar[bool] = False
+    out_channels: ClassVar[int | None] = None
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -261,3 +264,8 @@ def _name_weight(item: Any) -> tuple[str, float]:
         raise ViscopeError(
             f"Expected 'name:weight' with a number as weight; got {item!r} (e.g. 'ce:0.5')."
         ) from None
+
+
+# Objectives in their own modules register on import; imported here (after everything they
+# use is defined) so that fit(objectives=["seg"]) finds them by name.
+from viscope.train import segmentation as _segmentation  # noqa: E402, F401

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from viscope.models.checkpoint import extract_state_dict, load_weights, read_che
 from viscope.train.data import DatasetArg, class_names, collate, make_loader, resolve_splits
 from viscope.train.evaluate import evaluate
 from viscope.train.module import TrainModule
-from viscope.train.objectives import is_default
+from viscope.train.objectives import Objective, is_default
 from viscope.train.run import (
     BEST,
     CHECKPOINTS,
@@ -329,9 +329,11 @@ def resolve_model(
     model: nn.Module | str | os.PathLike[str],
     num_classes: int,
     model_kwargs: Mapping[str, Any] | None,
+    objectives: Sequence[Objective] = (),
 ) -> nn.Module:
+    outputs, why = model_outputs(objectives, num_classes)
     if isinstance(model, str | os.PathLike):
-        model = models.create(model, num_classes=num_classes, **dict(model_kwargs or {}))
+        model = models.create(model, num_classes=outputs, **dict(model_kwargs or {}))
     elif model_kwargs:
         raise ViscopeError(
             f"Expected model_kwargs only with a model name; got a {type(model).__name__} and "
@@ -344,13 +346,32 @@ def resolve_model(
             "viscope.models.create(name, num_classes=...)."
         )
     head = getattr(unwrap(model), "num_classes", None)
-    if isinstance(head, int) and head != num_classes:
+    if isinstance(head, int) and head != outputs:
         raise ViscopeError(
-            f"Expected a classifier with {num_classes} outputs (one per class of the "
-            f"dataset); got a model with num_classes={head}. Create it with "
-            f"num_classes={num_classes}."
+            f"Expected a model with {outputs} outputs ({why}); got a model with "
+            f"num_classes={head}. Create it with num_classes={outputs}."
         )
     return model
+
+
+def model_outputs(objectives: Sequence[Objective], num_classes: int) -> tuple[int, str]:
+    """The model outputs the objectives need (one per class unless an objective says
+    otherwise, as segmentation's one channel), and why.
+
+    Raises:
+        ViscopeError: objectives that need different counts.
+    """
+    needs = {o.name: o.out_channels for o in objectives if o.out_channels is not None}
+    needs.update({o.name: num_classes for o in objectives if o.classifies})
+    if len(set(needs.values())) > 1:
+        raise ViscopeError(
+            f"Expected objectives that need one model output count; got {needs} (outputs "
+            "by objective). Train them in separate runs."
+        )
+    if not needs or set(needs.values()) == {num_classes}:
+        return num_classes, "one per class of the dataset"
+    name, count = next(iter(needs.items()))
+    return count, f"objective {name!r} needs {count}"
 
 
 def dataset_label(dataset: DatasetArg) -> str:
