@@ -80,6 +80,24 @@ def test_predicted_class_is_fixed_on_the_original_images(net):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_empty_maps_are_named_in_one_warning(net):
+    """layer4 of test_resnet is a 1x1 grid at 32 px: every view of every image is empty.
+    attribute would warn per batch and view with batch-local indices; class_maps warns once."""
+    with pytest.warns(UserWarning) as record:
+        maps = P.class_maps(net, _images(b=5), 0, layer="layer4", flip=True, batch_size=2)
+    assert not maps.any()
+    assert len(record) == 1
+    assert "empty" in str(record[0].message) and "5 of 5 images [0, 1, 2, 3, 4]" in str(
+        record[0].message)
+    net.train()
+    try:
+        with pytest.warns(UserWarning, match="training mode") as record:
+            P.class_maps(net, _images(b=2), 0, layer="layer1")
+        assert len(record) == 1
+    finally:
+        net.eval()
+
+
 def test_other_methods_pass_through(net):
     images = _images(b=2)
     got = P.class_maps(net, images, 1, method="saliency", layer="auto", flip=True)

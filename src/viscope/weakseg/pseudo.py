@@ -14,6 +14,7 @@ binarisation (:mod:`viscope.weakseg.thresholds`), batched on the images' device.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,8 +123,13 @@ def class_maps(
     Raises:
         ViscopeError: an unknown method, option or layer, images that are not (B, C, H, W)
             floats, a target of the wrong length, non-positive scales or batch size.
+
+    Warns:
+        UserWarning: once, naming the images whose aggregated map is empty (no positive
+            evidence in any view; :func:`~viscope.explain.attribute`'s own per-batch
+            warnings are folded into it), and once for a model in training mode.
     """
-    from viscope.explain.api import METHODS, attribute, normalize_maps
+    from viscope.explain.api import METHODS, normalize_maps
     from viscope.explain.layer_choice import auto_layer
 
     images = _check_images(images)
@@ -135,25 +141,54 @@ def class_maps(
     elif layer in (None, "auto"):
         layer = auto_layer(model, (h, w))
     tgt = _fixed_target(model, images, target, bs)
+    if getattr(model, "training", False):
+        warnings.warn("The model is in training mode: BatchNorm mixes the images of a batch and "
+                      "dropout is random, so maps depend on the batch. Call model.eval() first.",
+                      UserWarning, stacklevel=2)
     views = [(s, f) for s in factors for f in ((False, True) if flip else (False,))]
     total = None
-    for s, flipped in views:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        parts = []
-        for start in range(0, b, bs):
-            x = images[start:start + bs]
-            x = x.flip(-1) if flipped else x
-            if size != (h, w):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            m = attribute(model, x, method, layer, _part(tgt, start, start + len(x)), **options)
-            if size != (h, w):
-                m = F.interpolate(m[:, None], size=(h, w), mode="bilinear",
-                                  align_corners=False)[:, 0]
-            parts.append(m.flip(-1) if flipped else m)
-        view = torch.cat(parts)
-        total = view if total is None else total + view
+    # attribute warns per call, with image indices local to its batch and view: those are
+    # silenced here, and one warning below names the images whose aggregate is empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for s, flipped in views:
+            view = _view(model, images, method, layer, tgt, s, flipped, bs, options)
+            total = view if total is None else total + view
     assert total is not None  # views is never empty (scales checked)
-    return normalize_maps(total / len(views))
+    maps = normalize_maps(total / len(views))
+    blank = maps.flatten(1).amax(1) == 0
+    if bool(blank.any()):
+        where = f"layer {layer!r}" if layer is not None else "the input"
+        warnings.warn(f"{method} maps at {where} are empty (no positive evidence in any view) "
+                      f"for {int(blank.sum())} of {b} images {_some(blank)}; their pseudo-masks "
+                      "will be empty. To fix: check the target, or try an earlier layer (see "
+                      "`viscope list layers`).", UserWarning, stacklevel=2)
+    return maps
+
+
+def _view(model: nn.Module, images: torch.Tensor, method: str, layer: str | None, tgt: Target,
+          scale: float, flipped: bool, bs: int, options: dict[str, Any]) -> torch.Tensor:
+    """The maps of one view (flipped and/or resized images), mapped back onto the images."""
+    from viscope.explain.api import attribute
+
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    parts = []
+    for start in range(0, images.shape[0], bs):
+        x = images[start:start + bs]
+        x = x.flip(-1) if flipped else x
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        m = attribute(model, x, method, layer, _part(tgt, start, start + len(x)), **options)
+        if size != (h, w):
+            m = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        parts.append(m.flip(-1) if flipped else m)
+    return torch.cat(parts)
+
+
+def _some(mask: torch.Tensor, k: int = 10) -> str:
+    idx = mask.nonzero()[:, 0].tolist()
+    return str(idx) if len(idx) <= k else f"{str(idx[:k])[:-1]}, ...]"
 
 
 def _check_scales(scales: Sequence[float]) -> list[float]:
