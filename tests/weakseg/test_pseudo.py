@@ -4,6 +4,8 @@ guided filter; the whole step equals its parts written out."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,11 @@ def test_empty_maps_are_named_in_one_warning(net):
     assert len(record) == 1
     assert "empty" in str(record[0].message) and "5 of 5 images [0, 1, 2, 3, 4]" in str(
         record[0].message)
+    broken = copy.deepcopy(net)
+    with torch.no_grad():
+        models.unwrap(broken).get_classifier().weight[0, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"not finite \(NaN or inf\) for 2 of 2 images"):
+        P.class_maps(broken, _images(b=2), 0, layer="layer1")
     net.train()
     try:
         with pytest.warns(UserWarning, match="training mode") as record:

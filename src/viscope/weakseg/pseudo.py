@@ -127,7 +127,8 @@ def class_maps(
     Warns:
         UserWarning: once, naming the images whose aggregated map is empty (no positive
             evidence in any view; :func:`~viscope.explain.attribute`'s own per-batch
-            warnings are folded into it), and once for a model in training mode.
+            warnings are folded into it), likewise for maps that are not finite, and once
+            for a model in training mode.
     """
     from viscope.explain.api import METHODS, normalize_maps
     from viscope.explain.layer_choice import auto_layer
@@ -163,6 +164,11 @@ def class_maps(
                       f"for {int(blank.sum())} of {b} images {_some(blank)}; their pseudo-masks "
                       "will be empty. To fix: check the target, or try an earlier layer (see "
                       "`viscope list layers`).", UserWarning, stacklevel=2)
+    bad = ~torch.isfinite(maps.flatten(1)).all(1)
+    if bool(bad.any()):
+        warnings.warn(f"{method} maps are not finite (NaN or inf) for {int(bad.sum())} of {b} "
+                      f"images {_some(bad)}. To fix: run the model in float32 and check its "
+                      "outputs on those images.", UserWarning, stacklevel=2)
     return maps
 
 
