@@ -302,3 +302,18 @@ def test_fit_refuses_data_without_masks(tmp_path: Path) -> None:
     with pytest.raises(ViscopeError, match="mask"):
         fit("smp:unet", data, out=tmp_path, **{k: v for k, v in RUN.items()
                                                if k not in ("dataset", "n", "image_size")})
+
+
+@pytest.mark.slow
+def test_a_unet_learns_shapes_masks_under_rotation(tmp_path: Path) -> None:
+    """Known-answer-ish: 490 training images of 32 px, 5 epochs, rotation augmentation
+    (~11 s on one thread). Measured test Dice 0.922-0.935 over seeds 0-2 with and without
+    rotation; with the masks left unrotated (what augment_masks prevents) it was 0.70."""
+    result = fit("smp:unet", "shapes", out=tmp_path, objectives=["seg"], monitor="val_dice",
+                 n=700, epochs=5, batch_size=32, image_size=32, lr=3e-3, augment="rotation",
+                 model_kwargs={"encoder": "tu-test_resnet", "encoder_depth": 4,
+                               "decoder_channels": [64, 32, 16, 8]},
+                 progress=False, seed=0)
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["test_metrics"]["test_dice"] >= 0.85
+    assert result.best_score >= 0.85
