@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 #: the sub-packages reachable as attributes of ``viscope``
 SUBPACKAGES = ("activations", "data", "evaluate", "experiments", "explain", "invariance",
-               "models", "report", "train", "transforms")
+               "models", "report", "train", "transforms", "weakseg")
 
 __all__ = ["ViscopeError", "__version__", *SUBPACKAGES]
 

@@ -20,6 +20,7 @@ from viscope.explain.command import explain
 from viscope.invariance.command import invariance
 from viscope.listing import list_app
 from viscope.train.command import train
+from viscope.weakseg.command import weakseg
 
 app = typer.Typer(
     help="Look inside vision models: invariance, explanations, weak labels, training methods.",
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(list_app, name="list")
-for _command in (invariance, matrix, demo, train, explain):
+for _command in (invariance, matrix, demo, train, explain, weakseg):
     app.command()(_command)
 
 

@@ -1,0 +1,195 @@
+"""``viscope.weakseg.run``: image-level labels → classifier → CAMs → pseudo-masks → UNet,
+validated against the real masks that exist.
+
+Run folder (each stage a cached :class:`~viscope.stages.Stage`; a re-run skips finished
+stages, a changed setting re-runs its stage and those after it)::
+
+    OUT/config.yaml, environment.json
+    OUT/classifier/   fit/ (best.pt, train.json), classifier.csv (per true class)
+    OUT/cam/          maps.npz (train / val / test maps, normalised per image)
+    OUT/pseudo/       sweep.csv, sweep.png (threshold chosen on val), masks/<split>/*.png
+                      (0 background, 255 foreground, 128 ignored), gallery.png
+    OUT/unet-pseudo/  fit/ (the UNet trained on pseudo-masks)
+    OUT/unet-supervised/  fit/ (trained on real masks: the upper bound, when they exist)
+    OUT/evaluate/     per_image.csv, density.png
+    OUT/results.csv, density.csv, summary.md
+
+The test split is used only in ``evaluate``: the threshold is chosen on validation images
+that have real masks; each UNet's epoch is selected on the validation split (pseudo-masks
+for ``unet-pseudo``, real masks for ``unet-supervised``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from viscope.errors import ViscopeError
+from viscope.io import atomic_write, atomic_write_text, environment
+from viscope.stages import Stage
+from viscope.weakseg.config import WeaksegConfig, load_config
+from viscope.weakseg.tensors import SplitTensors, TensorDataset, class_subset, load_split
+
+Log = Callable[[str], None]
+SPLITS = ("train", "val", "test")
+ORDINAL = ("A", "B", "C", "D")
+
+
+@dataclass
+class WeaksegResult:
+    """What :func:`run` produced.
+
+    Attributes:
+        out: the run folder.
+        results: ``results.csv``: one row per method (Dice / IoU mean and std on the
+            test images with real masks, and Dice per class).
+        threshold: the threshold that binarised the maps.
+        classifier_acc: the classifier's test accuracy on its own classes.
+        density: ``density.csv`` (per test image: class, percent density of the UNet,
+            and of the real mask where there is one), or ``None`` when the classes are not
+            density grades.
+        spearman: Spearman correlation of the UNet's percent density with the class
+            (``None`` as above).
+        ran: the stages computed by this call (the others were finished already).
+    """
+
+    out: Path
+    results: pd.DataFrame
+    threshold: float | None
+    classifier_acc: float | None
+    density: pd.DataFrame | None
+    spearman: float | None
+    ran: list[str]
+
+
+def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None = print
+        ) -> WeaksegResult:
+    """Run the weak-label pipeline of ``config`` into ``out`` (resumable; see the module).
+
+    Args:
+        config: a :class:`WeaksegConfig` or a YAML file.
+        out: the run folder.
+        log: where progress lines go (``None``: nowhere).
+
+    Returns:
+        The :class:`WeaksegResult`.
+
+    Raises:
+        ViscopeError: bad settings or data (one line; finished stages are kept).
+    """
+    cfg = config if isinstance(config, WeaksegConfig) else load_config(config)
+    say = log or (lambda _s: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    atomic_write(out / "environment.json",
+                 lambda p: p.write_text(json.dumps(environment(), indent=2)))
+    started = time.perf_counter()
+    splits = _load(cfg)
+    from viscope.weakseg import stages  # the stage bodies
+
+    ran: list[str] = []
+    data_inputs = cfg.data.model_dump()
+    clf = Stage(out, "classifier", {"data": data_inputs, "classifier": cfg.classifier.model_dump()})
+    cam = Stage(out, "cam", {"cam": cfg.cam.model_dump()}, after=[clf])
+    pseudo = Stage(out, "pseudo", {"pseudo": cfg.pseudo.model_dump()}, after=[cam])
+    unet_in = {"data": data_inputs, "unet": cfg.unet.model_dump()}
+    unet_p = Stage(out, "unet-pseudo", unet_in, after=[pseudo])
+    supervised = cfg.unet.supervised and _has_train_masks(splits)
+    unet_s = Stage(out, "unet-supervised", unet_in) if supervised else None
+    evaluate = Stage(out, "evaluate", {"gallery": cfg.gallery},
+                     after=[s for s in (pseudo, unet_p, unet_s) if s is not None])
+
+    for stage, body in (
+        (clf, lambda: stages.train_classifier(cfg, splits, clf.start(), say)),
+        (cam, lambda: stages.compute_maps(cfg, splits, clf, cam.start(), say)),
+        (pseudo, lambda: stages.make_pseudo_masks(cfg, splits, cam, pseudo.start(), say)),
+        (unet_p, lambda: stages.train_unet(cfg, splits, unet_p.start(), say, pseudo=pseudo)),
+        (unet_s, lambda: stages.train_unet(cfg, splits, unet_s.start(), say, pseudo=None)),
+        (evaluate, lambda: stages.evaluate(cfg, splits, out, pseudo, cam, unet_p, unet_s,
+                                           evaluate.start(), say)),
+    ):
+        if stage is None:
+            continue
+        if stage.done:
+            say(f"{stage.name}: finished earlier, skipped")
+            continue
+        t0 = time.perf_counter()
+        stage.finish(body())
+        ran.append(stage.name)
+        say(f"{stage.name}: done in {time.perf_counter() - t0:.0f} s")
+    if not supervised:
+        say("unet-supervised: not trained (no real masks for training images); its row in "
+            "results.csv says unavailable")
+    say(f"weakseg: {time.perf_counter() - started:.0f} s; results in {out / 'results.csv'}")
+    return _result(out, pseudo, clf, evaluate, ran)
+
+
+def _load(cfg: WeaksegConfig) -> dict[str, SplitTensors]:
+    """Every split in memory (the dataset is built and checked once, then split)."""
+    from viscope import data
+    from viscope.data.base import SubsetDataset
+    from viscope.data.density import check_two_classes
+
+    d = cfg.data
+    name = d.csv if d.csv is not None else d.dataset
+    if name is None:
+        raise ViscopeError(
+            "Expected data.csv (a CSV path,density[,mask_path]) or data.dataset; got neither. "
+            "Pass --set data.csv=/path/to/density.csv."
+        )
+    full = data.create(name, size=d.image_size, n=d.n, seed=d.seed, skip_corrupt=d.skip_invalid)
+    check_two_classes(full, str(name))
+    parts = data.split_indices(full, tuple(d.fractions), d.seed)
+    return {s: load_split(SubsetDataset(full, parts[s], name=s, seed=d.seed)) for s in SPLITS}
+
+
+def _has_train_masks(splits: dict[str, SplitTensors]) -> bool:
+    return bool(splits["train"].available.any() and splits["val"].available.any())
+
+
+def _result(out: Path, pseudo: Stage, clf: Stage, evaluate: Stage, ran: list[str]
+            ) -> WeaksegResult:
+    density_path = out / "density.csv"
+    return WeaksegResult(
+        out=out,
+        results=pd.read_csv(out / "results.csv"),
+        threshold=pseudo.result.get("threshold"),
+        classifier_acc=clf.result.get("test_acc"),
+        density=pd.read_csv(density_path) if density_path.exists() else None,
+        spearman=evaluate.result.get("spearman"),
+        ran=ran,
+    )
+
+
+def ordinal_classes(classes: list[str]) -> bool:
+    """Whether the class names are density grades (a subset of A-D, in order)."""
+    return len(classes) >= 2 and all(c in ORDINAL for c in classes) and classes == sorted(classes)
+
+
+def save_npz(path: Path, **arrays: np.ndarray | torch.Tensor) -> None:
+    """``np.savez_compressed`` atomically."""
+    plain = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()}
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **plain)
+
+    atomic_write(path, write)
+
+
+def load_npz(path: Path) -> dict[str, torch.Tensor]:
+    """The arrays of :func:`save_npz`, as tensors."""
+    with np.load(path) as z:
+        return {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+__all__ = ["TensorDataset", "WeaksegResult", "class_subset", "run"]
