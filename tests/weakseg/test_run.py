@@ -58,3 +58,26 @@ def test_bad_settings_are_one_line_errors(tmp_path):
         _cfg(**{"classifier.epochz": 3})
     with pytest.raises(ViscopeError, match="needs a value"):
         _cfg(**{"pseudo.threshold": "fixed"})
+
+
+@pytest.mark.parametrize("rule", [{"pseudo.threshold": "otsu"},
+                                  {"pseudo.threshold": "percentile", "pseudo.value": 70}])
+def test_a_band_around_each_images_own_threshold(rule):
+    import torch
+
+    from viscope.data.base import IGNORE
+    from viscope.weakseg.stages import binarise
+    from viscope.weakseg.thresholds import otsu_thresholds, percentile_thresholds, threshold
+
+    cfg = _cfg(**rule, **{"pseudo.band": [0.1, 0.05], "pseudo.refine": "none"})
+    maps = torch.rand(4, 12, 12, generator=torch.Generator().manual_seed(0)) ** 2
+    roi = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(1)) > 0.2
+    masks = binarise(cfg, maps, torch.rand(4, 3, 12, 12), roi, None, band=True)
+    cut = (otsu_thresholds(maps, roi[:, 0]) if "otsu" in rule.values()
+           else percentile_thresholds(maps, 70, roi[:, 0])).float()[:, None, None, None]
+    m = maps[:, None]
+    inside = roi & (m > cut - 0.1) & (m < cut + 0.05)
+    assert ((masks == IGNORE) == inside).all()
+    kept = masks != IGNORE
+    plain = threshold(maps, rule["pseudo.threshold"], rule.get("pseudo.value"), roi=roi)
+    assert ((masks > 0.5) == plain)[kept].all() and (masks[~roi] == 0).all()

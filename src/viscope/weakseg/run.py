@@ -149,7 +149,25 @@ def _load(cfg: WeaksegConfig) -> dict[str, SplitTensors]:
     full = data.create(name, size=d.image_size, n=d.n, seed=d.seed, skip_corrupt=d.skip_invalid)
     check_two_classes(full, str(name))
     parts = data.split_indices(full, tuple(d.fractions), d.seed)
-    return {s: load_split(SubsetDataset(full, parts[s], name=s, seed=d.seed)) for s in SPLITS}
+    splits = {s: load_split(SubsetDataset(full, parts[s], name=s, seed=d.seed)) for s in SPLITS}
+    _check_settings(cfg, splits)
+    return splits
+
+
+def _check_settings(cfg: WeaksegConfig, splits: dict[str, SplitTensors]) -> None:
+    """Settings the data cannot serve, refused before anything is trained."""
+    if cfg.pseudo.roi == "given" and splits["train"].roi is None:
+        raise ViscopeError(
+            "Expected a dataset that gives its region of interest (mammo's breast masks) for "
+            "pseudo.roi=given; this one does not. Use --set pseudo.roi=otsu."
+        )
+    val = splits["val"]
+    if cfg.pseudo.threshold == "sweep" and (val.masks is None or not val.available.any()):
+        raise ViscopeError(
+            "Expected validation images with real masks to choose the threshold "
+            "(pseudo.threshold=sweep); none has one. Use --set pseudo.threshold=otsu (or "
+            "fixed with pseudo.value)."
+        )
 
 
 def _has_train_masks(splits: dict[str, SplitTensors]) -> bool:

@@ -183,18 +183,26 @@ def binarise(cfg: WeaksegConfig, maps: Tensor, images: Tensor, roi: Tensor,
     p = cfg.pseudo
     if band and p.band is not None:
         low, high = p.band
-        if p.band_around:
-            if threshold is None:
-                raise ViscopeError(
-                    "Expected pseudo.band_around only with a single threshold (sweep or "
-                    "fixed); got pseudo.threshold="
-                    f"{p.threshold}. Give pseudo.band as map values (band_around=false)."
-                )
-            low, high = threshold - low, threshold + high
-        return confident(maps, float(low), float(high), roi=roi).float()
+        if not p.band_around:
+            return confident(maps, float(low), float(high), roi=roi).float()
+        # around each image's own threshold (one for sweep / fixed, per image for Otsu and
+        # percentile): the maps are shifted so that the threshold sits at 0
+        cut = (torch.full((len(maps),), float(threshold), dtype=torch.float64)
+               if threshold is not None else _per_image_thresholds(cfg, maps, roi))
+        shifted = (maps.double() - cut.to(maps.device)[:, None, None]).float()
+        return confident(shifted, -float(low), float(high), roi=roi).float()
     if threshold is not None:
         return binary(maps, "fixed", threshold, roi=roi).float()
     return binary(maps, p.threshold, p.value, roi=roi).float()
+
+
+def _per_image_thresholds(cfg: WeaksegConfig, maps: Tensor, roi: Tensor) -> Tensor:
+    """Each map's Otsu or percentile threshold inside the ROI (B,), float64."""
+    from viscope.weakseg.thresholds import otsu_thresholds, percentile_thresholds
+
+    if cfg.pseudo.threshold == "otsu":
+        return otsu_thresholds(maps, roi[:, 0])
+    return percentile_thresholds(maps, float(cfg.pseudo.value), roi[:, 0])  # type: ignore[arg-type]
 
 
 def make_pseudo_masks(cfg: WeaksegConfig, splits: dict[str, SplitTensors], cam: Stage,
