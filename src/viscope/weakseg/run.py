@@ -21,7 +21,6 @@ for ``unet-pseudo``, real masks for ``unet-supervised``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 import yaml
 
 from viscope.errors import ViscopeError
-from viscope.io import atomic_write, atomic_write_text, environment
+from viscope.io import atomic_write, atomic_write_json, atomic_write_text, environment
 from viscope.stages import Stage
 from viscope.weakseg.config import WeaksegConfig, load_config
 from viscope.weakseg.tensors import SplitTensors, TensorDataset, class_subset, load_split
@@ -90,8 +89,7 @@ def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    atomic_write(out / "environment.json",
-                 lambda p: p.write_text(json.dumps(environment(), indent=2)))
+    atomic_write_json(out / "environment.json", environment())
     started = time.perf_counter()
     splits = _load(cfg)
     from viscope.weakseg import stages  # the stage bodies
