@@ -30,15 +30,18 @@ from viscope.errors import ViscopeError
 __all__ = ["dice", "iou", "stat_scores", "summarise"]
 
 
-def _as_bhw(x: torch.Tensor, name: str) -> torch.Tensor:
+def as_bhw(x: object, name: str) -> torch.Tensor:
+    """``x`` as a (B, H, W) tensor (a (B, 1, H, W) one squeezed); one-line errors naming
+    ``name`` otherwise. Shared with the pseudo-mask thresholds."""
     if not isinstance(x, torch.Tensor):
         raise ViscopeError(f"Expected {name} as a torch tensor (B, 1, H, W) or (B, H, W); got "
                            f"{type(x).__name__}. Convert it with torch.as_tensor.")
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3:
+        one = "map" if name == "maps" else "mask"
         raise ViscopeError(f"Expected {name} of shape (B, 1, H, W) or (B, H, W); got "
-                           f"{tuple(x.shape)}. For a single mask pass mask[None].")
+                           f"{tuple(x.shape)}. For a single {one} pass {one}[None].")
     return x
 
 
@@ -58,7 +61,7 @@ def stat_scores(
     Raises:
         ViscopeError: tensors of other shapes, values outside {0, 1} (and ``ignore``), NaN.
     """
-    p, t = _as_bhw(pred, "pred"), _as_bhw(target, "target")
+    p, t = as_bhw(pred, "pred"), as_bhw(target, "target")
     if p.shape != t.shape:
         raise ViscopeError(f"Expected pred and target of one shape; got {tuple(pred.shape)} "
                            f"and {tuple(target.shape)}. Resize one to the other first.")

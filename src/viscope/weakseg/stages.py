@@ -148,8 +148,8 @@ def prepared(cfg: WeaksegConfig, maps: Tensor, images: Tensor) -> Tensor:
     return refine(maps, images, method=p.refine, radius=p.refine_radius, eps=p.refine_eps)
 
 
-def choose_threshold(cfg: WeaksegConfig, maps: Tensor, val: SplitTensors, folder: Path
-                     ) -> float | None:
+def choose_threshold(cfg: WeaksegConfig, maps: Tensor, val: SplitTensors, roi: Tensor,
+                     folder: Path) -> float | None:
     """The threshold of ``sweep`` (chosen on the validation images with real masks; the
     sweep is written as CSV and figure), ``fixed``'s value, or ``None`` (per image)."""
     from viscope.weakseg.figures import plot_sweep
@@ -167,7 +167,7 @@ def choose_threshold(cfg: WeaksegConfig, maps: Tensor, val: SplitTensors, folder
             "with pseudo.value)."
         )
     keep = val.available
-    table = sweep(maps[keep], val.masks[keep], p.sweep, roi=region(cfg, val)[keep])
+    table = sweep(maps[keep], val.masks[keep], p.sweep, roi=roi[keep])
     atomic_write(folder / "sweep.csv", lambda f: table.to_csv(f, index=False))
     chosen = best_threshold(table)
     plot_sweep(table, chosen, folder / "sweep.png", n=int(keep.sum()))
@@ -213,11 +213,11 @@ def make_pseudo_masks(cfg: WeaksegConfig, splits: dict[str, SplitTensors], cam: 
 
     maps = {s: prepared(cfg, m, splits[s].images)
             for s, m in load_npz(cam.folder / "maps.npz").items() if s in ("train", "val")}
-    chosen = choose_threshold(cfg, maps["val"], splits["val"], folder)
+    rois = {s: region(cfg, splits[s]) for s in ("train", "val")}
+    chosen = choose_threshold(cfg, maps["val"], splits["val"], rois["val"], folder)
     masks = {}
     for s in ("train", "val"):
-        roi = region(cfg, splits[s])
-        masks[s] = binarise(cfg, maps[s], splits[s].images, roi, chosen, band=True)
+        masks[s] = binarise(cfg, maps[s], splits[s].images, rois[s], chosen, band=True)
         write_mask_pngs(masks[s], folder / "masks" / s)
     save_npz(folder / "masks.npz", **masks)
     val = splits["val"]

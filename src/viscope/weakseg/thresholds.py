@@ -24,6 +24,7 @@ import torch
 
 from viscope.data.base import IGNORE
 from viscope.errors import ViscopeError, suggest
+from viscope.evaluate.segmentation import as_bhw
 
 #: the binarisations :func:`threshold` knows
 METHODS = ("otsu", "fixed", "percentile")
@@ -37,14 +38,7 @@ def check_maps(maps: object) -> torch.Tensor:
     Raises:
         ViscopeError: not a tensor, another shape, or NaN/inf values (naming the maps).
     """
-    if not isinstance(maps, torch.Tensor):
-        raise ViscopeError(f"Expected maps as a torch tensor (B, H, W); got "
-                           f"{type(maps).__name__}. Convert them with torch.as_tensor.")
-    if maps.ndim == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.ndim != 3:
-        raise ViscopeError(f"Expected maps of shape (B, H, W) or (B, 1, H, W); got "
-                           f"{tuple(maps.shape)}. For a single map pass map[None].")
+    maps = as_bhw(maps, "maps")
     if not maps.is_floating_point():
         maps = maps.float()
     bad = ~torch.isfinite(maps.flatten(1)).all(dim=1)
