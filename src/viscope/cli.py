@@ -16,6 +16,7 @@ import typer
 
 from viscope.errors import ViscopeError
 from viscope.experiments.command import demo, matrix
+from viscope.experiments.quality.command import quality
 from viscope.explain.command import explain
 from viscope.invariance.command import invariance
 from viscope.listing import list_app
@@ -29,7 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(list_app, name="list")
-for _command in (invariance, matrix, demo, train, explain, weakseg):
+for _command in (invariance, matrix, demo, train, explain, weakseg, quality):
     app.command()(_command)
 
 

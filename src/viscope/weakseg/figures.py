@@ -13,23 +13,13 @@ from torch import Tensor
 
 from viscope.data.base import IGNORE
 from viscope.io import atomic_write, atomic_write_text
+from viscope.report.figures import pyplot, save_figure
 
 #: PNG values of a pseudo-mask: background, foreground, ignored band
 PNG_BACKGROUND, PNG_FOREGROUND, PNG_IGNORED = 0, 255, 128
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda p: fig.savefig(p, dpi=120, bbox_inches="tight", format="png"))
-    _pyplot().close(fig)
+_pyplot, _save = pyplot, save_figure
 
 
 def write_mask_pngs(masks: Tensor, folder: Path) -> None:

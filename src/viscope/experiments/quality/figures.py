@@ -1,0 +1,167 @@
+"""Figures of ``viscope quality``: confusion matrices, reconstructions next to their
+inputs, mean maps per class, map clusters, and the plain-vs-FGR-Net comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from viscope.evaluate.clusters import MapClusters
+from viscope.report.figures import pyplot, save_figure
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _rgb(image: Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def plot_confusion(matrices: Mapping[str, np.ndarray], classes: Sequence[str], path: Path,
+                   title: str) -> None:
+    """One confusion matrix per variant (rows: true grade, columns: predicted), counts in
+    the cells and row-normalised colour."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.6 * len(matrices), 3.4),
+                             squeeze=False)
+    for ax, (name, cm) in zip(axes[0], matrices.items(), strict=True):
+        cm = np.asarray(cm)
+        rate = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        im = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", fontsize=9,
+                        color="white" if rate[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set(xlabel="predicted grade", ylabel="true grade", title=name)
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.04, label="share of the true grade")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_reconstructions(images: Tensor, recon: Tensor, labels: Tensor,
+                         classes: Sequence[str], path: Path, title: str) -> None:
+    """Inputs (top row) above FGR-Net's reconstructions (bottom row), with the grade and
+    each image's reconstruction MSE."""
+    plt = pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    mse = ((recon - images) ** 2).flatten(1).mean(1)
+    for i in range(n):
+        axes[0, i].imshow(_rgb(images[i]))
+        axes[1, i].imshow(_rgb(recon[i]))
+        axes[0, i].set_title(classes[int(labels[i])], fontsize=8)
+        axes[1, i].set_title(f"MSE {float(mse[i]):.4f}", fontsize=7)
+        _bare(axes[0, i])
+        _bare(axes[1, i])
+    axes[0, 0].set_ylabel("input", fontsize=8)
+    axes[1, 0].set_ylabel("reconstruction", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_class_maps(examples: Tensor, means: Mapping[str, Tensor], classes: Sequence[str],
+                    counts: Sequence[int], path: Path, title: str,
+                    structures: Tensor | None = None) -> None:
+    """Row 0: one test image per grade; then one row per method: the mean map of the
+    grade's test images (each map normalised to [0, 1] before averaging). Where the data
+    have structure masks, their mean outline is drawn on the maps."""
+    plt = pyplot()
+    rows = 1 + len(means)
+    k = len(classes)
+    fig, axes = plt.subplots(rows, k, figsize=(2.1 * k + 0.8, 2.0 * rows + 0.4), squeeze=False)
+    for c in range(k):
+        axes[0, c].imshow(_rgb(examples[c]))
+        axes[0, c].set_title(f"{classes[c]} ({counts[c]} images)", fontsize=8)
+        _bare(axes[0, c])
+    axes[0, 0].set_ylabel("example", fontsize=8)
+    im = None
+    for r, (method, m) in enumerate(means.items(), start=1):
+        for c in range(k):
+            ax = axes[r, c]
+            im = ax.imshow(m[c].numpy(), cmap="inferno", vmin=0, vmax=1)
+            if structures is not None:
+                ax.contour(structures[c].numpy(), levels=[0.5], colors="cyan",
+                           linewidths=0.6)
+            _bare(ax)
+        axes[r, 0].set_ylabel(method, fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.03,
+                     label="mean map value (0–1)")
+    outline = " (cyan: where retinal structures are on ≥ half of the grade's images)" \
+        if structures is not None else ""
+    fig.suptitle(title + outline, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_clusters(found: Mapping[str, MapClusters], composition: Mapping[str, pd.DataFrame],
+                  path: Path, title: str) -> None:
+    """One row per (method, clustering): each cluster's mean map, titled with its share of
+    the images and the grades it holds."""
+    plt = pyplot()
+    rows = len(found)
+    k = max(c.k for c in found.values())
+    fig, axes = plt.subplots(rows, k, figsize=(2.0 * k + 0.8, 2.1 * rows + 0.4), squeeze=False)
+    im = None
+    for r, (name, c) in enumerate(found.items()):
+        comp = composition[name]
+        for j in range(k):
+            ax = axes[r, j]
+            _bare(ax)
+            if j >= c.k:
+                ax.axis("off")
+                continue
+            m = c.means[j]
+            top = float(m.max())
+            im = ax.imshow((m / top if top > 0 else m).numpy(), cmap="inferno", vmin=0, vmax=1)
+            mix = ", ".join(f"{g} {int(v)}" for g, v in comp.loc[j].items() if v)
+            ax.set_title(f"{100 * float(c.shares[j]):.0f}% of images\n{mix or 'empty'}",
+                         fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03,
+                     label="cluster mean map (scaled to its max)")
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_comparison(runs: pd.DataFrame, metrics: Mapping[str, str], path: Path,
+                    title: str) -> None:
+    """Mean ± std over seeds of each metric, one bar per variant (seeds as dots)."""
+    plt = pyplot()
+    names = [m for m in metrics if m in runs and runs[m].notna().any()]
+    variants = list(dict.fromkeys(runs["variant"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 0.4, 3.2),
+                             squeeze=False)
+    for ax, m in zip(axes[0], names, strict=True):
+        for v, variant in enumerate(variants):
+            vals = runs.loc[runs["variant"] == variant, m].dropna().to_numpy(float)
+            if not len(vals):
+                continue
+            ax.bar(v, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else 0,
+                   color=f"C{v}", alpha=0.7, capsize=4, label=variant)
+            ax.scatter(np.full(len(vals), v), vals, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(variants)), variants, fontsize=8)
+        ax.set_title(metrics[m], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title + " (bars: mean ± std over seeds; dots: seeds)", fontsize=9)
+    save_figure(fig, path)
+
+
+def mean_outline(masks: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Per class, where the mask is on for at least half of the class's images (K, H, W)."""
+    out = torch.zeros(k, *masks.shape[-2:])
+    for c in range(k):
+        sel = labels == c
+        if sel.any():
+            out[c] = (masks[sel, 0].float().mean(0) >= 0.5).float()
+    return out
