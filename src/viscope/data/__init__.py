@@ -19,6 +19,7 @@ from viscope.data.digits import ColorDigitsDataset, DigitsDataset
 from viscope.data.factory import DATASETS, create, list_datasets
 from viscope.data.files import IMAGE_EXTENSIONS
 from viscope.data.folder import ImageFolder
+from viscope.data.fundus import FundusCSV, FundusFolder, fov_crop, fov_mask, parse_grade
 from viscope.data.mammo import MammoDataset
 from viscope.data.shapes import SHAPES, UNIT_AREA, ShapeParams, ShapesDataset, render, sample_params
 from viscope.data.splits import DEFAULT_FRACTIONS, split_indices
@@ -35,6 +36,8 @@ __all__ = [
     "ColorDigitsDataset",
     "DensityCSV",
     "DigitsDataset",
+    "FundusCSV",
+    "FundusFolder",
     "ImageFolder",
     "MammoDataset",
     "ShapeParams",
@@ -43,9 +46,12 @@ __all__ = [
     "VisionDataset",
     "check_two_classes",
     "create",
+    "fov_crop",
+    "fov_mask",
     "is_density_csv",
     "labels_of",
     "list_datasets",
+    "parse_grade",
     "read_dicom",
     "render",
     "sample_params",
