@@ -1,4 +1,5 @@
-"""Models: one factory for timm, torchvision and FasterViT networks, and layer discovery.
+"""Models: one factory for timm, torchvision, FasterViT and smp networks (and FGR-Net), and
+layer discovery.
 
 Every model takes images in [0, 1] and normalises them itself; layers are addressed by
 the network's own module names (``unwrap(model)``), with glob patterns.
@@ -23,6 +24,7 @@ from viscope.models.layers import (
     match_layer,
     select_layers,
 )
+from viscope.models.quality import FGRNet
 from viscope.models.wrapper import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,6 +35,7 @@ from viscope.models.wrapper import (
 )
 
 __all__ = [
+    "FGRNet",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODELS",

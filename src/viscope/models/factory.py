@@ -16,6 +16,7 @@ from viscope.models.checkpoint import (
     read_checkpoint,
 )
 from viscope.models.fastervit_models import create_fastervit, fastervit_names, is_fastervit_name
+from viscope.models.quality import build_fgrnet, is_fgrnet_name
 from viscope.models.segmentation import build_smp, is_smp_name
 from viscope.models.wrapper import ModelSpec, NormalizeArg, Normalized, resolve_normalize, unwrap
 from viscope.registry import Registry
@@ -35,6 +36,8 @@ for _name, _about in [
     ("fastervit_0", "fastervit: FasterViT-0 (224 px)"),
     ("torchvision:resnet18", "torchvision: ResNet-18"),
     ("smp:unet", "smp: a UNet, logits (B, 1, H, W); encoder=any smp encoder or tu-<timm name>"),
+    ("fgrnet", "smp: FGR-Net, a UNet autoencoder whose encoder classifies (logits (B, K); "
+               "forward_reconstruction); encoder= as smp:unet"),
 ]:
     MODELS.register(_name, _about)
 
@@ -69,8 +72,9 @@ def create(
             torchvision one as ``"torchvision:resnet18"``, a FasterViT one
             (``"fastervit_0"`` ... ``"fastervit_6"``, ``"fastervit_tiny"``), a
             segmentation-models-pytorch one as ``"smp:unet"`` (``smp:<arch>`` with
-            ``encoder=``, see :mod:`viscope.models.segmentation`), or the path of a
-            checkpoint written by :func:`save_checkpoint`.
+            ``encoder=``, see :mod:`viscope.models.segmentation`), ``"fgrnet"`` (a UNet
+            autoencoder with a classifier, :mod:`viscope.models.quality`), or the path of
+            a checkpoint written by :func:`save_checkpoint`.
         num_classes: classifier outputs (``None``: the model's default).
         pretrained: load published weights (needs the internet the first time; offline,
             pass ``checkpoint=`` too).
@@ -174,16 +178,22 @@ def build_network(
         return build_smp(
             name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
         )
+    if is_fgrnet_name(name):
+        return build_fgrnet(
+            name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
+        )
     if is_fastervit_name(name):
         return create_fastervit(
             name, num_classes=num_classes, pretrained=pretrained, in_chans=in_chans, **kwargs
         )
     if not (name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name)):
-        choices = timm.list_models() + fastervit_names() + _torchvision_names(prefixed=True)
+        choices = (timm.list_models() + fastervit_names() + _torchvision_names(prefixed=True)
+                   + ["fgrnet"])
         raise ViscopeError(
             f"Unknown model {name!r}.{suggest(name, choices)} Expected a timm name "
             "(timm.list_models()), 'torchvision:<name>', 'fastervit_0'..'fastervit_6', "
-            "'fastervit_tiny', or a checkpoint path; `viscope list models` shows a few."
+            "'fastervit_tiny', 'smp:<arch>', 'fgrnet', or a checkpoint path; `viscope list "
+            "models` shows a few."
         )
     arch, _, tag = name.partition(".")
     if tag and not name.startswith(("hf-hub:", "hf_hub:")):
