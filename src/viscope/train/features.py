@@ -6,6 +6,9 @@ into ``forward_features`` and ``forward_head``, so both come from one pass; thei
 or channels-last outputs are brought to (B, C, h, w). torchvision CNNs are read at the
 input of their global pooling (``avgpool``) with a hook that lives for the one call.
 For features at several depths use timm's ``forward_intermediates`` on ``unwrap(model)``.
+A network with its own reconstruction (FGR-Net's ``forward_reconstruction``) gives the
+logits, its features and the reconstruction from one pass
+(:func:`forward_with_reconstruction`); :func:`forward_step` picks what the objectives ask.
 
 >>> import torch
 >>> from viscope import models
@@ -60,6 +63,81 @@ def forward_with_features(model: nn.Module, images: Tensor) -> tuple[Tensor, Ten
         f"module, to read its features; got {type(net).__name__}. Use a timm model, or an "
         "objective that does not need features."
     )
+
+
+def has_reconstruction(model: nn.Module) -> bool:
+    """Whether the network reconstructs its input itself (``forward_reconstruction``)."""
+    return callable(getattr(unwrap(model), "forward_reconstruction", None))
+
+
+def forward_with_reconstruction(model: nn.Module, images: Tensor
+                                ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, features, reconstruction)`` of a network that reconstructs its input.
+
+    Args:
+        model: a model whose network has ``forward_reconstruction`` (``"fgrnet"``).
+        images: (B, C, H, W) in [0, 1] (the wrapper normalises them).
+
+    Returns:
+        The logits, the deepest spatial features (B, C', h, w) and the reconstruction
+        (B, C, H, W) in [0, 1], from one forward pass.
+
+    Raises:
+        ViscopeError: a network without ``forward_reconstruction``.
+    """
+    net = unwrap(model)
+    if not has_reconstruction(net):
+        raise ViscopeError(
+            f"Expected a network with forward_reconstruction (e.g. create('fgrnet')); got "
+            f"{type(net).__name__}. For another backbone, train the 'recon' objective, whose "
+            "decoder reads its features (viscope.train.ssl.reconstruction.reconstruct)."
+        )
+    x = model.normalize(images) if isinstance(model, Normalized) else images
+    logits, features, recon = net.forward_reconstruction(x)
+    return logits, to_spatial(net, features, tuple(images.shape[-2:])), recon
+
+
+def forward_step(model: nn.Module, images: Tensor, *, features: bool = False,
+                 reconstruction: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(logits, features or None, reconstruction or None)`` from one forward pass.
+
+    Args:
+        model: a model.
+        images: (B, C, H, W) in [0, 1].
+        features: return the spatial features (:func:`forward_with_features`).
+        reconstruction: return the network's own reconstruction where it has one
+            (:func:`forward_with_reconstruction`, which gives the features too); a
+            network without one gives ``None`` there, and its features (the input of
+            an objective's own decoder).
+
+    Returns:
+        The logits, the features (``None`` unless asked or given by the reconstruction
+        pass) and the reconstruction (``None`` unless the network made it).
+
+    Raises:
+        ViscopeError: features or a reconstruction asked of a network that has neither
+            (the message names both ways out).
+    """
+    if reconstruction and has_reconstruction(model):
+        return forward_with_reconstruction(model, images)
+    if reconstruction and not _has_features(unwrap(model)):
+        raise ViscopeError(
+            f"Expected a network that reconstructs its input (forward_reconstruction, "
+            f"e.g. 'fgrnet') or whose features a decoder can read (timm's "
+            f"forward_features/forward_head, or an 'avgpool' module); got "
+            f"{type(unwrap(model)).__name__}, which has neither. Use 'fgrnet' or a "
+            "timm/torchvision backbone."
+        )
+    if features or reconstruction:
+        logits, maps = forward_with_features(model, images)
+        return logits, maps, None
+    return model(images), None, None
+
+
+def _has_features(net: nn.Module) -> bool:
+    """Whether :func:`forward_with_features` can read ``net``'s features."""
+    split = all(callable(getattr(net, f, None)) for f in ("forward_features", "forward_head"))
+    return split or isinstance(getattr(net, "avgpool", None), nn.Module)
 
 
 def to_spatial(net: nn.Module, features: Tensor, image_hw: tuple[int, int]) -> Tensor:

@@ -20,7 +20,7 @@ from viscope.train.augment import (
     mix_seed,
     resolve_family,
 )
-from viscope.train.features import forward_with_features
+from viscope.train.features import forward_step
 from viscope.train.objectives import Objective, ObjectivesArg, Step, resolve_objectives
 from viscope.train.optim import OptimSettings, make_optimizer, make_scheduler
 from viscope.train.segmentation import augment_masks, check_mask_family
@@ -95,6 +95,7 @@ class TrainModule(pl.LightningModule):
         made = resolve_objectives(objectives)
         self.objectives = nn.ModuleList(made)
         self._uses_features = any(o.uses_features for o in made)
+        self._uses_reconstruction = any(o.uses_reconstruction for o in made)
         family = resolve_family(augment)
         if family is not None and any(o.uses_masks for o in made):
             check_mask_family(family)
@@ -153,13 +154,15 @@ class TrainModule(pl.LightningModule):
         return images.to(param.dtype)
 
     def make_step(self, stage: str, images: Tensor, batch: Sequence[Any]) -> Step:
-        """Run the model on ``images`` and wrap what the objectives read."""
+        """Run the model on ``images`` and wrap what the objectives read: the outputs,
+        and from the same forward pass the features and the network's own
+        reconstruction when an objective asks for them."""
         images = self.to_model_dtype(images)
-        if self._uses_features:
-            outputs, features = forward_with_features(self.model, images)
-        else:
-            outputs, features = self.model(images), None
-        return Step(stage, images, batch, outputs, features, self.model)
+        outputs, features, recon = forward_step(
+            self.model, images, features=self._uses_features,
+            reconstruction=self._uses_reconstruction,
+        )
+        return Step(stage, images, batch, outputs, features, self.model, recon)
 
     def on_train_epoch_start(self) -> None:
         rank, epoch = self.global_rank, self.current_epoch

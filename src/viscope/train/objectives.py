@@ -56,6 +56,10 @@ class Step:
             (:func:`viscope.train.features.forward_with_features`), when some objective
             has ``uses_features``; else ``None``.
         model: the model (a viscope wrapper), for objectives that run it on other views.
+        reconstruction: the network's own reconstruction of ``images`` (B, C, H, W) in
+            [0, 1] from the same forward pass, when some objective has
+            ``uses_reconstruction`` and the network has ``forward_reconstruction``
+            (FGR-Net, :mod:`viscope.models.quality`); else ``None``.
     """
 
     stage: str
@@ -64,6 +68,7 @@ class Step:
     outputs: Tensor
     features: Tensor | None
     model: nn.Module
+    reconstruction: Tensor | None = None
 
     @property
     def labels(self) -> Tensor:
@@ -84,6 +89,8 @@ class Objective(nn.Module):
         name: the registered name; logs say ``train_<name>_loss``.
         uses_features: ask for :attr:`Step.features` (the backbone's spatial features,
             from the same forward pass as the outputs).
+        uses_reconstruction: ask for :attr:`Step.reconstruction` (the network's own
+            reconstruction, where it has ``forward_reconstruction``).
         uses_masks: ask for the items' masks (:attr:`Step.masks`; segmentation), which
             the loaders otherwise drop.
         classifies: its loss trains the model's logits as a classifier, so ``fit``
@@ -100,6 +107,7 @@ class Objective(nn.Module):
 
     name: ClassVar[str] = ""
     uses_features: ClassVar[bool] = False
+    uses_reconstruction: ClassVar[bool] = False
     uses_masks: ClassVar[bool] = False
     classifies: ClassVar[bool] = False
     out_channels: ClassVar[int | None] = None
@@ -269,3 +277,4 @@ def _name_weight(item: Any) -> tuple[str, float]:
 # Objectives in their own modules register on import; imported here (after everything they
 # use is defined) so that fit(objectives=["seg"]) finds them by name.
 from viscope.train import segmentation as _segmentation  # noqa: E402, F401
+from viscope.train.ssl import reconstruction as _reconstruction  # noqa: E402, F401

@@ -1,0 +1,17 @@
+"""Self-supervised training: auxiliary objectives beside the classification loss.
+
+``"recon"`` (:class:`~viscope.train.ssl.reconstruction.Reconstruction`) is the one
+reconstruction branch of viscope: FGR-Net's own UNet decoder
+(:mod:`viscope.models.quality`) or, on any other backbone, a light decoder on its
+features; ``fit(objectives=["ce:0.5", "recon:0.5"])`` trains it.
+"""
+
+from viscope.lazy import attach
+
+# imported on first use (viscope.lazy): `viscope --help` must not import torch
+_EXPORTS = {
+    "LightDecoder": "viscope.train.ssl.reconstruction",
+    "Reconstruction": "viscope.train.ssl.reconstruction",
+    "reconstruct": "viscope.train.ssl.reconstruction",
+}
+__all__ = attach(__name__, _EXPORTS)
