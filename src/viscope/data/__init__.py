@@ -6,7 +6,7 @@ Every dataset is a map-style torch ``Dataset`` of ``(image, label)`` or
 
 >>> from viscope.data import create, list_datasets
 >>> list_datasets()
-['shapes', 'digits', 'color-digits', 'faces', 'mammo']
+['shapes', 'digits', 'color-digits', 'faces', 'mammo', 'retina-quality']
 >>> val = create("digits", split="val")
 >>> len(val), val.classes[9]
 (270, '9')
@@ -21,6 +21,7 @@ from viscope.data.files import IMAGE_EXTENSIONS
 from viscope.data.folder import ImageFolder
 from viscope.data.fundus import FundusCSV, FundusFolder, fov_crop, fov_mask, parse_grade
 from viscope.data.mammo import MammoDataset
+from viscope.data.retina import RetinaQuality
 from viscope.data.shapes import SHAPES, UNIT_AREA, ShapeParams, ShapesDataset, render, sample_params
 from viscope.data.splits import DEFAULT_FRACTIONS, split_indices
 from viscope.data.table import CSVDataset
@@ -40,6 +41,7 @@ __all__ = [
     "FundusFolder",
     "ImageFolder",
     "MammoDataset",
+    "RetinaQuality",
     "ShapeParams",
     "ShapesDataset",
     "SubsetDataset",

@@ -16,6 +16,7 @@ from viscope.data.digits import ColorDigitsDataset, DigitsDataset
 from viscope.data.faces import FacesDataset
 from viscope.data.folder import ImageFolder
 from viscope.data.mammo import MammoDataset
+from viscope.data.retina import RetinaQuality
 from viscope.data.shapes import ShapesDataset
 from viscope.data.splits import SPLIT_NAMES, resolve_fractions, split_indices
 from viscope.data.table import CSVDataset
@@ -29,6 +30,7 @@ DATASETS.register("digits", DigitsDataset)
 DATASETS.register("color-digits", ColorDigitsDataset)
 DATASETS.register("faces", FacesDataset)
 DATASETS.register("mammo", MammoDataset)
+DATASETS.register("retina-quality", RetinaQuality)
 
 SPLITS = ("all", *SPLIT_NAMES)
 
@@ -38,7 +40,7 @@ def list_datasets() -> list[str]:
 
     Example:
         >>> list_datasets()
-        ['shapes', 'digits', 'color-digits', 'faces', 'mammo']
+        ['shapes', 'digits', 'color-digits', 'faces', 'mammo', 'retina-quality']
     """
     return DATASETS.names()
 
@@ -66,8 +68,8 @@ def create(
             default 0.7/0.15/0.15, and a dict of fractions may name other splits).
         size: Image side in pixels (folders and CSV files also take ``(height, width)``
             or ``None`` to keep their files' size).
-        n: Number of items: for ``shapes`` and ``mammo`` how many to generate,
-            otherwise a seeded random subset of that many (default all).
+        n: Number of items: for ``shapes``, ``mammo`` and ``retina-quality`` how many to
+            generate, otherwise a seeded random subset of that many (default all).
         seed: Seed of generation, of the ``n`` subset and of the split.
         skip_corrupt: For a folder or CSV file, check every file up front and skip the
             unreadable ones with one warning (for a density CSV: ``skip_invalid``).
