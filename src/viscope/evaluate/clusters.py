@@ -165,7 +165,7 @@ def cluster_maps(maps: torch.Tensor, k: int = 4, method: str = "kmeans", *, seed
         labels = torch.as_tensor(km.labels_, dtype=torch.long)
         comps = np.asarray(km.cluster_centers_)
     else:
-        nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=500)
+        nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=2000)
         weights = nmf.fit_transform(rows)
         labels = torch.as_tensor(weights.argmax(1), dtype=torch.long)
         comps = np.asarray(nmf.components_)

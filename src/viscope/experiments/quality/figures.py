@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
 from viscope.evaluate.clusters import MapClusters
@@ -68,37 +67,49 @@ def plot_reconstructions(images: Tensor, recon: Tensor, labels: Tensor,
     save_figure(fig, path)
 
 
-def plot_class_maps(examples: Tensor, means: Mapping[str, Tensor], classes: Sequence[str],
-                    counts: Sequence[int], path: Path, title: str,
-                    structures: Tensor | None = None) -> None:
-    """Row 0: one test image per grade; then one row per method: the mean map of the
-    grade's test images (each map normalised to [0, 1] before averaging). Where the data
-    have structure masks, their mean outline is drawn on the maps."""
+def plot_class_maps(examples: Tensor, example_maps: Mapping[str, Tensor],
+                    means: Mapping[str, Tensor], classes: Sequence[str], counts: Sequence[int],
+                    path: Path, title: str, structures: Tensor | None = None,
+                    degradation: Tensor | None = None) -> None:
+    """Per grade, two columns: one test image and its map, and the mean map of all the
+    grade's test images (each map normalised to [0, 1] before averaging). Row 0 shows the
+    example images with their retinal structures (cyan) and degradation (yellow) outlined
+    where the data have masks; one row per method below."""
     plt = pyplot()
-    rows = 1 + len(means)
-    k = len(classes)
-    fig, axes = plt.subplots(rows, k, figsize=(2.1 * k + 0.8, 2.0 * rows + 0.4), squeeze=False)
+    rows, k = 1 + len(means), len(classes)
+    fig, axes = plt.subplots(rows, 2 * k, figsize=(1.9 * 2 * k + 0.8, 1.9 * rows + 0.6),
+                             squeeze=False)
     for c in range(k):
-        axes[0, c].imshow(_rgb(examples[c]))
-        axes[0, c].set_title(f"{classes[c]} ({counts[c]} images)", fontsize=8)
-        _bare(axes[0, c])
-    axes[0, 0].set_ylabel("example", fontsize=8)
+        ax = axes[0, 2 * c]
+        ax.imshow(_rgb(examples[c]))
+        for masks, colour in ((structures, "cyan"), (degradation, "yellow")):
+            if masks is not None and float(masks[c].max()) > 0:
+                ax.contour(masks[c, 0].numpy(), levels=[0.5], colors=colour, linewidths=0.6)
+        ax.set_title(f"{classes[c]}: example", fontsize=8)
+        axes[0, 2 * c + 1].axis("off")
+        axes[0, 2 * c + 1].text(0.5, 0.5, f"{classes[c]}\n{counts[c]} test images",
+                                ha="center", va="center", fontsize=9)
+        _bare(ax)
     im = None
-    for r, (method, m) in enumerate(means.items(), start=1):
+    for r, method in enumerate(means, start=1):
         for c in range(k):
-            ax = axes[r, c]
-            im = ax.imshow(m[c].numpy(), cmap="inferno", vmin=0, vmax=1)
-            if structures is not None:
-                ax.contour(structures[c].numpy(), levels=[0.5], colors="cyan",
-                           linewidths=0.6)
-            _bare(ax)
+            left, right = axes[r, 2 * c], axes[r, 2 * c + 1]
+            left.imshow(_rgb(examples[c]))
+            left.imshow(example_maps[method][c].numpy(), cmap="inferno", vmin=0, vmax=1,
+                        alpha=0.6)
+            im = right.imshow(means[method][c].numpy(), cmap="inferno", vmin=0, vmax=1)
+            _bare(left)
+            _bare(right)
+            if r == 1:
+                left.set_title("its map", fontsize=8)
+                right.set_title("grade mean", fontsize=8)
         axes[r, 0].set_ylabel(method, fontsize=8)
     if im is not None:
-        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.03,
-                     label="mean map value (0–1)")
-    outline = " (cyan: where retinal structures are on ≥ half of the grade's images)" \
+        fig.colorbar(im, ax=axes[1:, :].ravel().tolist(), fraction=0.025,
+                     label="map value (0–1)")
+    outline = " Outlines: cyan retinal structures, yellow degradation." \
         if structures is not None else ""
-    fig.suptitle(title + outline, fontsize=9)
+    fig.suptitle(title + "." + outline, fontsize=9)
     save_figure(fig, path)
 
 
@@ -155,13 +166,3 @@ def plot_comparison(runs: pd.DataFrame, metrics: Mapping[str, str], path: Path,
     axes[0, 0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title + " (bars: mean ± std over seeds; dots: seeds)", fontsize=9)
     save_figure(fig, path)
-
-
-def mean_outline(masks: Tensor, labels: Tensor, k: int) -> Tensor:
-    """Per class, where the mask is on for at least half of the class's images (K, H, W)."""
-    out = torch.zeros(k, *masks.shape[-2:])
-    for c in range(k):
-        sel = labels == c
-        if sel.any():
-            out[c] = (masks[sel, 0].float().mean(0) >= 0.5).float()
-    return out

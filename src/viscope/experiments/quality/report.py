@@ -41,15 +41,14 @@ def report(cfg: QualityConfig, data: QualityData, trained: Keyed, mapped: Keyed,
         methods = [m for m in mapped[v, first].result["methods"]]
         means = {m: class_means(maps[m], data.labels, len(data.classes))[0] for m in methods}
         counts = torch.bincount(data.labels, minlength=len(data.classes)).tolist()
-        examples = torch.stack([data.images[int((data.labels == c).nonzero()[0])]
-                                if counts[c] else torch.zeros_like(data.images[0])
-                                for c in range(len(data.classes))])
-        outline = (figures.mean_outline(data.structures, data.labels, len(data.classes))
-                   if data.structures is not None else None)
+        first_of = [int((data.labels == c).nonzero()[0]) if counts[c] else 0
+                    for c in range(len(data.classes))]
         figures.plot_class_maps(
-            examples, means, data.classes, counts, folder / f"class_maps_{v}.png",
-            f"{v} (seed {first}): mean map per true grade on {len(data.labels)} test images",
-            outline)
+            data.images[first_of], {m: maps[m][first_of] for m in methods}, means,
+            data.classes, counts, folder / f"class_maps_{v}.png",
+            f"{v} (seed {first}): maps per true grade on {len(data.labels)} test images",
+            None if data.structures is None else data.structures[first_of],
+            None if data.degradation is None else data.degradation[first_of])
         found, composition = {}, {}
         for m in methods:
             for how in cfg.validation.cluster_methods:
