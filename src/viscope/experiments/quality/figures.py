@@ -145,13 +145,14 @@ def plot_clusters(found: Mapping[str, MapClusters], composition: Mapping[str, pd
 
 
 def plot_comparison(runs: pd.DataFrame, metrics: Mapping[str, str], path: Path,
-                    title: str) -> None:
-    """Mean ± std over seeds of each metric, one bar per variant (seeds as dots)."""
+                    title: str, chance: Mapping[str, float] | None = None) -> None:
+    """Mean ± std over seeds of each metric, one bar per variant (seeds as dots); where
+    ``chance`` gives a metric's value for a uniform map, a dashed line marks it."""
     plt = pyplot()
     names = [m for m in metrics if m in runs and runs[m].notna().any()]
     variants = list(dict.fromkeys(runs["variant"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(2.4 * len(names) + 0.4, 3.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names) + 0.4, 3.2),
+                             squeeze=False, gridspec_kw={"wspace": 0.45})
     for ax, m in zip(axes[0], names, strict=True):
         for v, variant in enumerate(variants):
             vals = runs.loc[runs["variant"] == variant, m].dropna().to_numpy(float)
@@ -160,6 +161,10 @@ def plot_comparison(runs: pd.DataFrame, metrics: Mapping[str, str], path: Path,
             ax.bar(v, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else 0,
                    color=f"C{v}", alpha=0.7, capsize=4, label=variant)
             ax.scatter(np.full(len(vals), v), vals, color="k", s=8, zorder=3)
+        if chance and m in chance:
+            ax.axhline(chance[m], color="k", ls="--", lw=1,
+                       label=f"uniform map {chance[m]:.2f}")
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_xticks(range(len(variants)), variants, fontsize=8)
         ax.set_title(metrics[m], fontsize=8)
         ax.grid(axis="y", alpha=0.3)

@@ -77,7 +77,8 @@ def report(cfg: QualityConfig, data: QualityData, trained: Keyed, mapped: Keyed,
     if "fgrnet" in variants:
         _reconstructions(cfg, data, trained["fgrnet", first], folder)
     figures.plot_comparison(runs, METRICS, folder / "comparison.png",
-                            f"Plain classifier vs FGR-Net, {len(cfg.train.seeds)} seeds")
+                            f"Plain classifier vs FGR-Net, {len(cfg.train.seeds)} seeds",
+                            _chance(energy, cfg.validation.compare_method))
     _summary(cfg, data, runs, comparison, energy, out / "summary.md")
     say(f"report: tables and figures in {folder}")
     return {"variants": variants, "seeds": list(cfg.train.seeds)}
@@ -123,6 +124,19 @@ def _energy(stage: Stage, variant: str) -> pd.DataFrame:
     out = table.groupby(["method", "grade"], sort=False)[cols].mean().reset_index()
     out.insert(0, "variant", variant)
     out["images"] = table.groupby(["method", "grade"], sort=False).size().to_numpy()
+    return out
+
+
+def _chance(energy: pd.DataFrame, method: str) -> dict[str, float]:
+    """What a uniform map scores on each energy metric: the mean mask area over the
+    grades the metric counts (degradation: the grades that have one)."""
+    rows = energy[energy["method"] == method]
+    out = {}
+    for c in rows.columns:
+        if c.startswith("area_"):
+            areas = rows.loc[rows[c] > 0, c]
+            if len(areas):
+                out[f"energy_{c[5:]}"] = float(areas.mean())
     return out
 
 
@@ -172,10 +186,9 @@ def _summary(cfg: QualityConfig, data: QualityData, runs: pd.DataFrame,
     for _, row in comparison.iterrows():
         lines.append(f"| {row['variant']} | {row['seeds']} | "
                      + " | ".join(_cell(row, m) for m in metrics) + " |")
-    areas = [c for c in energy.columns if c.startswith("area_")]
-    if areas:
-        first = energy[energy["method"] == v.compare_method]
-        chance = ", ".join(f"{c[5:]} {first[c].mean():.3f}" for c in areas)
+    uniform = _chance(energy, v.compare_method)
+    if uniform:
+        chance = ", ".join(f"{k[7:]} {val:.3f}" for k, val in uniform.items())
         lines += ["", f"Energy is the share of a map's energy inside the mask; a uniform map "
                   f"scores the mask's area ({chance} on these images). Energy on the "
                   "degradation counts only images that have one (usable, reject)."]
