@@ -277,4 +277,5 @@ def _name_weight(item: Any) -> tuple[str, float]:
 # Objectives in their own modules register on import; imported here (after everything they
 # use is defined) so that fit(objectives=["seg"]) finds them by name.
 from viscope.train import segmentation as _segmentation  # noqa: E402, F401
+from viscope.train.ssl import contrastive as _contrastive  # noqa: E402, F401
 from viscope.train.ssl import reconstruction as _reconstruction  # noqa: E402, F401
