@@ -4,6 +4,9 @@
 reconstruction branch of viscope: FGR-Net's own UNet decoder
 (:mod:`viscope.models.quality`) or, on any other backbone, a light decoder on its
 features; ``fit(objectives=["ce:0.5", "recon:0.5"])`` trains it.
+
+Pre-training without labels: :data:`~viscope.train.ssl.methods.SSL_METHODS` (SimCLR,
+BYOL, DINO, MAE with lightly).
 """
 
 from viscope.lazy import attach
@@ -13,5 +16,9 @@ _EXPORTS = {
     "LightDecoder": "viscope.train.ssl.reconstruction",
     "Reconstruction": "viscope.train.ssl.reconstruction",
     "reconstruct": "viscope.train.ssl.reconstruction",
+    "SSL_METHODS": "viscope.train.ssl.methods",
+    "SSLMethod": "viscope.train.ssl.methods",
+    "create_method": "viscope.train.ssl.methods",
+    "pooled_features": "viscope.train.ssl.methods",
 }
 __all__ = attach(__name__, _EXPORTS)
