@@ -62,8 +62,15 @@ def train(
         help="clip the gradient norm at this value (Lightning's gradient_clip_val)")] = None,
     objective: Annotated[list[str] | None, typer.Option(
         "--objective", help="loss term NAME[:WEIGHT] (repeatable; default ce)")] = None,
+    ssl: Annotated[str | None, typer.Option(
+        help="auxiliary self-supervised objective beside the classification loss: "
+             "contrastive, recon (alias reconstruction)")] = None,
+    ssl_weight: Annotated[float, typer.Option(help="weight of the --ssl objective")] = 1.0,
     init: Annotated[str | None, typer.Option(
-        help="registered initialiser applied before training")] = None,
+        help="registered initialiser, or a pre-trained checkpoint (viscope .pt, timm, "
+             "Lightning .ckpt) whose backbone is loaded, the head kept new")] = None,
+    linear_probe: Annotated[bool, typer.Option(
+        help="train the classifier head alone, the backbone frozen")] = False,
     monitor: Annotated[str | None, typer.Option(
         help="validation value that selects the best epoch (default val_acc)")] = None,
     early_stop_patience: Annotated[int | None, typer.Option(
@@ -89,7 +96,9 @@ def train(
              if name not in _NOT_SETTINGS and _given(ctx, name)}
     # the options are named as the settings, but for these two lists
     overrides: dict[str, Any] = {k: v for k, v in given.items()
-                                 if k not in ("model_arg", "objective")}
+                                 if k not in ("model_arg", "objective", "linear_probe")}
+    if "linear_probe" in given:
+        overrides["freeze"] = "backbone" if linear_probe else None
     overrides.update({f"model_args.{k}": v for k, v in parse_kv(model_arg).items()})
     if "objective" in given:
         overrides["objectives"] = list(objective or [])

@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from viscope.errors import ViscopeError
 from viscope.yamlconfig import read_yaml, set_dotted, validate
 
+#: Other names of auxiliary objectives accepted by ``--ssl``.
+SSL_ALIASES = {"reconstruction": "recon"}
+
 
 class TrainConfig(BaseModel):
     """Every setting of ``viscope train``; see :func:`viscope.train.fit` for each.
@@ -31,7 +34,10 @@ class TrainConfig(BaseModel):
     ``model_args`` are :func:`viscope.models.create`'s keyword arguments (``num_classes``
     comes from the dataset); ``clip_grad`` is Lightning's ``gradient_clip_val``;
     ``trainer`` holds other ``lightning.pytorch.Trainer`` arguments. ``data_seed`` is 0 by
-    default, so the data's split stays the same whatever ``seed`` is.
+    default, so the data's split stays the same whatever ``seed`` is. ``ssl`` /
+    ``ssl_weight`` add the auxiliary objective ``"<ssl>:<ssl_weight>"`` to ``objectives``
+    (``reconstruction`` is an alias of ``recon``); ``init`` is a registered initialiser
+    or a checkpoint path (fine-tuning); ``freeze: backbone`` is a linear probe.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,7 +72,10 @@ class TrainConfig(BaseModel):
     label_smoothing: float = 0.0
     clip_grad: float | None = None
     objectives: list[str] = Field(default_factory=lambda: ["ce"])
+    ssl: str | None = None
+    ssl_weight: float = 1.0
     init: str | None = None
+    freeze: str | None = None
     monitor: str | None = None
     early_stop_patience: int | None = None
     # hardware
@@ -95,7 +104,15 @@ class TrainConfig(BaseModel):
                 "fastervit_* or a checkpoint path) or 'model:' in the --config file."
             )
         kwargs = self.model_dump(exclude={"model", "model_args", "pretrained", "clip_grad",
-                                          "trainer"})
+                                          "trainer", "ssl", "ssl_weight"})
+        if self.ssl:
+            name = SSL_ALIASES.get(self.ssl, self.ssl)
+            if any(o.partition(":")[0].strip() == name for o in kwargs["objectives"]):
+                raise ViscopeError(
+                    f"Expected --ssl {self.ssl} to add an objective not in objectives; got "
+                    f"objectives {kwargs['objectives']}. Give it once (--ssl or --objective)."
+                )
+            kwargs["objectives"] = [*kwargs["objectives"], f"{name}:{self.ssl_weight:g}"]
         kwargs["model_kwargs"] = {**self.model_args, **({"pretrained": True}
                                                          if self.pretrained else {})}
         trainer = dict(self.trainer)

@@ -23,6 +23,7 @@ from torch import nn
 from viscope.train import steps
 from viscope.train.augment import AugmentArg, BatchAugment, describe_family, resolve_family
 from viscope.train.data import DatasetArg, split_record
+from viscope.train.finetune import check_freeze, checkpoint_init, resolve_freeze
 from viscope.train.initialisers import InitArg, describe_init, resolve_init
 from viscope.train.module import TrainModule
 from viscope.train.objectives import Objective, ObjectivesArg, is_default, resolve_objectives
@@ -60,7 +61,8 @@ def fit(
     decay_rate: float = 0.1,
     label_smoothing: float = 0.0,
     objectives: ObjectivesArg = None,
-    init: InitArg = None,
+    init: InitArg | os.PathLike[str] = None,
+    freeze: str | None = None,
     monitor: str | None = None,
     image_size: int = 32,
     n: int | None = None,
@@ -153,8 +155,14 @@ def fit(
             :func:`~viscope.train.objectives.resolve_objectives`): ``None`` (cross-entropy),
             names (``["ce", "recon:0.5"]``), a ``{name: weight}`` dict or
             :class:`~viscope.train.objectives.Objective` objects.
-        init: an initialiser ``init(model, train_split)`` or a registered name; called
-            on fresh runs only (not when skipping or resuming).
+        init: an initialiser ``init(model, train_split)``, a registered name, or the path
+            of a pre-trained checkpoint (viscope, timm, Lightning ``.ckpt``) whose
+            backbone weights are loaded, the classifier head kept new
+            (:func:`~viscope.train.finetune.load_backbone`; the file's SHA-256 is
+            recorded); called on fresh runs only (not when skipping or resuming).
+        freeze: ``"backbone"`` trains the classifier head alone (linear probing): the
+            backbone's parameters get no gradient, stay out of the optimizer and run in
+            eval mode; ``None`` trains everything.
         monitor: the validation value that selects the best epoch (``"val_acc"`` with a
             classifying objective, else ``"val_loss"``); names ending in ``loss`` are
             minimised, others maximised.
@@ -219,7 +227,11 @@ def fit(
         warmup_lr=warmup_lr, min_lr=min_lr, decay_epochs=decay_epochs, decay_rate=decay_rate,
     )
     terms = resolve_objectives(objectives, label_smoothing=label_smoothing)
-    initialiser = resolve_init(init)
+    if isinstance(init, os.PathLike):
+        init = str(init)  # config.yaml keeps the path as viscope train --init reads it
+    init_made = checkpoint_init(init)
+    initialiser = resolve_init(init_made)
+    check_freeze(freeze)
     family = resolve_family(augment)
     if family is not None:
         BatchAugment(family, augment_p)  # validates augment_p before any work
@@ -250,7 +262,8 @@ def fit(
             **settings.describe(),
             # recorded only when not the default, so earlier runs still match
             **({} if is_default(terms) else {"objectives": [o.describe() for o in terms]}),
-            **({} if init is None else {"init": describe_init(init)}),
+            **({} if init is None else {"init": describe_init(init_made)}),
+            **({} if freeze is None else {"freeze": freeze}),
             **({} if monitor == "val_acc" else {"monitor": monitor}),
             "precision": canonical_precision(precision),
             "early_stop_patience": early_stop_patience,
@@ -264,6 +277,7 @@ def fit(
     steps.resume_or_skip(run, overwrite)
     if run.stored is None and run.resume is None and initialiser is not None:
         initialiser(model, splits["train"])  # fresh runs only: a checkpoint has the weights
+    extra_callbacks += resolve_freeze(freeze, model)
     steps.setup_objectives(run)
     if run.stored is not None:
         return steps.skipped_result(run)
@@ -275,7 +289,7 @@ def fit(
         "image_size": image_size, "n": n, "seed": seed, "data_seed": data_seed,
         "skip_corrupt": skip_corrupt,
         "augment": None if family is None else family.name, "augment_p": augment_p,
-        "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+        "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "freeze": freeze,
         **settings.as_dict(), "label_smoothing": label_smoothing, "monitor": monitor,
         "precision": canonical_precision(precision), "early_stop_patience": early_stop_patience,
         "accelerator": accelerator, "devices": devices, "num_workers": num_workers,
