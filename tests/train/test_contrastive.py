@@ -106,3 +106,17 @@ def test_fit_trains_two_steps_beside_cross_entropy(
     assert float(history["train_contrastive_loss"].iloc[0]) < torch.log(torch.tensor(31.0)) + 4
     saved = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["objectives"]
     assert any(k.startswith("head.") for k in saved["contrastive"])
+
+
+def test_ssl_and_ssl_weight_add_the_objective_beside_the_configured_ones() -> None:
+    from viscope.train.config import load_train_config
+
+    def objectives(**settings: object) -> list[str]:
+        return load_train_config(None, {"model": "test_vit", **settings}).fit_arguments()[1][
+            "objectives"]
+
+    assert objectives(ssl="contrastive", ssl_weight=0.5) == ["ce", "contrastive:0.5"]
+    assert objectives(ssl="reconstruction", objectives=["ce:0.5"]) == ["ce:0.5", "recon:1"]
+    assert objectives() == ["ce"]
+    with pytest.raises(ViscopeError, match="once"):
+        objectives(ssl="recon", objectives=["ce", "recon:0.5"])

@@ -277,10 +277,10 @@ def fit(
     steps.resume_or_skip(run, overwrite)
     if run.stored is None and run.resume is None and initialiser is not None:
         initialiser(model, splits["train"])  # fresh runs only: a checkpoint has the weights
-    extra_callbacks += resolve_freeze(freeze, model)
     steps.setup_objectives(run)
     if run.stored is not None:
         return steps.skipped_result(run)
+    extra_callbacks += resolve_freeze(freeze, model)  # fresh and resumed runs alike
     hardware = {"accelerator": accelerator, "devices": devices, "num_workers": num_workers,
                 **trainer_kwargs}
     steps.start_record(run, hardware)
