@@ -6,7 +6,8 @@ reconstruction branch of viscope: FGR-Net's own UNet decoder
 features; ``fit(objectives=["ce:0.5", "recon:0.5"])`` trains it.
 
 Pre-training without labels: :data:`~viscope.train.ssl.methods.SSL_METHODS` (SimCLR,
-BYOL, DINO, MAE with lightly).
+BYOL, DINO, MAE with lightly) and :func:`viscope.train.ssl.pretrain.pretrain` (not
+exported here: the submodule of the same name would shadow it once imported).
 """
 
 from viscope.lazy import attach
@@ -20,5 +21,6 @@ _EXPORTS = {
     "SSLMethod": "viscope.train.ssl.methods",
     "create_method": "viscope.train.ssl.methods",
     "pooled_features": "viscope.train.ssl.methods",
+    "PretrainResult": "viscope.train.ssl.pretrain",
 }
 __all__ = attach(__name__, _EXPORTS)

@@ -107,6 +107,8 @@ class SSLMethod(nn.Module):
 
     name = ""
     min_views = 2
+    #: the attributes holding the trained modules besides the model (heads, decoder)
+    head_names: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, families: Sequence[str | Family] | None = None,
                  n_views: int = 2) -> None:
@@ -148,6 +150,10 @@ class SSLMethod(nn.Module):
     def on_step_end(self, step: int, total: int) -> None:
         """Called after optimizer step ``step`` (from 0) of ``total``; nothing by default."""
 
+    def heads(self) -> list[nn.Module]:
+        """The trained modules besides the model (the optimizer's other parameters)."""
+        return [getattr(self, name) for name in self.head_names]
+
     def describe(self) -> dict[str, Any]:
         """Plain-data settings of the method, for run records."""
         return {"name": self.name, "families": [f.name for f in self.families],
@@ -171,6 +177,7 @@ class SimCLR(SSLMethod):
     """
 
     name = "simclr"
+    head_names = ("projection",)
 
     def __init__(self, model: nn.Module, families: Sequence[str | Family] | None = None,
                  n_views: int = 2, hidden_dim: int = 512, out_dim: int = 128,
@@ -238,6 +245,7 @@ class BYOL(_Momentum):
     """
 
     name = "byol"
+    head_names = ("projection", "prediction")
 
     def __init__(self, model: nn.Module, families: Sequence[str | Family] | None = None,
                  n_views: int = 2, hidden_dim: int = 512, out_dim: int = 128,
@@ -281,6 +289,7 @@ class DINO(_Momentum):
     """
 
     name = "dino"
+    head_names = ("head",)
 
     def __init__(self, model: nn.Module, families: Sequence[str | Family] | None = None,
                  n_views: int = 2, hidden_dim: int = 512, bottleneck_dim: int = 64,
@@ -332,6 +341,7 @@ class MAE(SSLMethod):
 
     name = "mae"
     min_views = 1
+    head_names = ("decoder",)
 
     def __init__(self, model: nn.Module, families: Sequence[str | Family] | None = None,
                  n_views: int = 1, mask_ratio: float = 0.75, decoder_dim: int = 64,
