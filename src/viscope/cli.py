@@ -21,6 +21,7 @@ from viscope.explain.command import explain
 from viscope.invariance.command import invariance
 from viscope.listing import list_app
 from viscope.train.command import train
+from viscope.train.ssl.command import pretrain
 from viscope.weakseg.command import weakseg
 
 app = typer.Typer(
@@ -30,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(list_app, name="list")
-for _command in (invariance, matrix, demo, train, explain, weakseg, quality):
+for _command in (invariance, matrix, demo, train, pretrain, explain, weakseg, quality):
     app.command()(_command)
 
 

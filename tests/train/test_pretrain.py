@@ -158,3 +158,23 @@ def test_embed_restores_the_training_mode() -> None:
     model = models.create("test_vit", num_classes=5, **VIT).train()
     features, labels = embed(model, data.create("shapes", split="val", size=32, n=40, seed=0))
     assert model.training and features.shape[0] == labels.shape[0] > 0
+
+
+def test_the_command_pretrains_with_the_families_and_method_settings_given(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from viscope.cli import main
+
+    out = tmp_path / "run"
+    main(["pretrain", "--model", "test_vit", "--model-arg", "img_size=32",
+          "--model-arg", "patch_size=8", "--model-arg", "depth=2", "--method", "byol",
+          "--epochs", "1", "--n", "40", "--batch-size", "16", "--families", "rotation",
+          "--families", "invert", "--method-arg", "momentum=0.9", "--out", str(out)])
+    record = json.loads((out / "pretrain.json").read_text())
+    method = record["config"]["method"]
+    assert method["families"] == ["rotation", "invert"] and method["momentum"] == 0.9
+    assert record["config"]["model"]["kwargs"]["img_size"] == 32
+    assert "k-NN accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--model", "test_efficientnet", "--method", "mae", "--epochs", "1",
+              "--n", "40", "--out", str(tmp_path / "mae")])
+    assert exit_.value.code == 2 and "VisionTransformer" in capsys.readouterr().err
