@@ -17,6 +17,7 @@ import typer
 from viscope.errors import ViscopeError
 from viscope.experiments.command import demo, matrix
 from viscope.experiments.quality.command import quality
+from viscope.experiments.ssl_study.command import ssl_study
 from viscope.explain.command import explain
 from viscope.invariance.command import invariance
 from viscope.listing import list_app
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.add_typer(list_app, name="list")
 for _command in (invariance, matrix, demo, train, pretrain, explain, weakseg, quality):
     app.command()(_command)
+app.command(name="ssl-study")(ssl_study)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,0 +1,214 @@
+"""``viscope ssl-study``: one backbone trained (a) supervised, (b) supervised +
+reconstruction, (c, d, ...) pre-trained without labels by an SSL method and fine-tuned;
+every model scored on accuracy, a linear probe, its explanations and its invariance.
+
+Run folder (each unit a cached :class:`~viscope.stages.Stage`, resumable per (backbone,
+variant, seed); a changed setting re-runs its units)::
+
+    OUT/config.yaml, environment.json
+    OUT/<backbone>/pretrain-<method>-s<seed>/   viscope pretrain's folder (backbone.pt)
+    OUT/<backbone>/train-<variant>-s<seed>/     fit's folder (best.pt) + result
+    OUT/<backbone>/eval-<variant>-s<seed>/      metrics.json (test and probe accuracy,
+                                                 pointing game, energy, deletion AUC per
+                                                 method, NV per family)
+    OUT/report/   runs.csv, table.csv (mean ± std, paired t-test against supervised),
+                  table.md, ssl_study.png
+    OUT/summary.md
+
+The explanation scores use the test images' object masks (``shapes``); the target is each
+image's true class. NV is the mean over layers (default layers), then over the families.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from viscope.errors import ViscopeError
+from viscope.experiments.quality.run import stratified_head
+from viscope.experiments.ssl_study.config import (
+    PLAIN_VARIANTS,
+    BackboneConfig,
+    SSLStudyConfig,
+    load_config,
+)
+from viscope.io import atomic_write_json, atomic_write_text, environment
+from viscope.stages import Stage
+
+Log = Callable[[str], None]
+SPLITS = ("train", "val", "test")
+
+
+def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None = print
+        ) -> pd.DataFrame:
+    """Run the study of ``config`` into ``out`` (resumable; see the module).
+
+    Returns:
+        The per-run table (``report/runs.csv``).
+
+    Raises:
+        ViscopeError: unknown variants or data without masks (before any training).
+    """
+    from viscope.experiments.ssl_study import report
+
+    cfg = config if isinstance(config, SSLStudyConfig) else load_config(config)
+    say = log or (lambda _s: None)
+    out = Path(out)
+    _check(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    atomic_write_json(out / "environment.json", environment())
+    started = time.perf_counter()
+    splits = _splits(cfg)
+    data_in = cfg.data.model_dump()
+    evals: dict[tuple[str, str, int], Stage] = {}
+    for bb in cfg.backbones:
+        for variant in cfg.variants:
+            for seed in cfg.seeds:
+                folder = out / bb.tag
+                pre = None
+                if variant not in PLAIN_VARIANTS:
+                    pre = Stage(folder, f"pretrain-{variant}-s{seed}",
+                                {"data": data_in, "backbone": bb.model_dump(),
+                                 "pretrain": cfg.pretrain.model_dump(), "seed": seed})
+                    _do(pre, lambda p=pre, v=variant, s=seed, b=bb: _pretrain(
+                        cfg, b, splits, v, s, p.start(), say), say)
+                tr = Stage(folder, f"train-{variant}-s{seed}",
+                           {"data": data_in, "backbone": bb.model_dump(),
+                            "train": cfg.train.model_dump(), "variant": variant, "seed": seed},
+                           after=[pre] if pre is not None else [])
+                _do(tr, lambda t=tr, p=pre, v=variant, s=seed, b=bb: _train(
+                    cfg, b, splits, v, s, p, t.start(), say), say)
+                ev = Stage(folder, f"eval-{variant}-s{seed}",
+                           {"evaluation": cfg.evaluation.model_dump()}, after=[tr])
+                _do(ev, lambda e=ev, t=tr: _evaluate(cfg, splits, t, e.start(), say), say)
+                evals[bb.tag, variant, seed] = ev
+    runs = report.write(cfg, evals, out, say)
+    say(f"ssl-study: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
+    return runs
+
+
+def _check(cfg: SSLStudyConfig) -> None:
+    from viscope.explain import list_methods
+    from viscope.train.ssl.methods import SSL_METHODS
+
+    known = [*PLAIN_VARIANTS, *SSL_METHODS]
+    for v in cfg.variants:
+        if v not in known:
+            raise ViscopeError(
+                f"Unknown variant {v!r}; expected {', '.join(known)} (an SSL method is "
+                "pre-trained, then fine-tuned)."
+            )
+    for m in cfg.evaluation.methods:
+        if m not in list_methods():
+            raise ViscopeError(f"Unknown explanation method {m!r}; see `viscope list methods`.")
+
+
+def _do(stage: Stage, body: Callable[[], dict[str, Any]], say: Log) -> None:
+    if stage.done:
+        say(f"{stage.folder.parent.name}/{stage.name}: finished earlier, skipped")
+        return
+    t0 = time.perf_counter()
+    stage.finish(body())
+    say(f"{stage.folder.parent.name}/{stage.name}: done in {time.perf_counter() - t0:.0f} s")
+
+
+def _splits(cfg: SSLStudyConfig) -> dict:
+    from viscope import data
+    from viscope.data.base import SubsetDataset
+
+    d = cfg.data
+    full = data.create(d.dataset, size=d.image_size, n=d.n, seed=d.seed)
+    if not getattr(full, "has_masks", False):
+        raise ViscopeError(
+            f"Expected a dataset with object masks (explanations are scored on them); "
+            f"{d.dataset!r} has none. Use data.dataset=shapes."
+        )
+    parts = data.split_indices(full, tuple(d.fractions), d.seed)
+    return {s: SubsetDataset(full, parts[s], name=s, seed=d.seed) for s in SPLITS}
+
+
+def _pretrain(cfg: SSLStudyConfig, bb: BackboneConfig, splits: dict, method: str, seed: int,
+              folder: Path, say: Log) -> dict[str, Any]:
+    from viscope.train.ssl.pretrain import pretrain
+
+    p = cfg.pretrain
+    r = pretrain(bb.name, {s: splits[s] for s in ("train", "val")}, out=folder, method=method,
+                 epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, families=p.families,
+                 image_size=cfg.data.image_size, seed=seed, accelerator=cfg.run.accelerator,
+                 progress=cfg.run.progress, model_kwargs=bb.args)
+    first = r.history.iloc[0]
+    say(f"{bb.tag}/{method} s{seed}: k-NN accuracy {first['knn_acc']:.3f} at random init → "
+        f"{r.knn_acc:.3f} after pre-training (probe {r.probe_acc:.3f})")
+    return {"backbone": str(r.backbone), "knn_acc": r.knn_acc, "probe_acc": r.probe_acc,
+            "knn_acc_init": float(first["knn_acc"]), "seconds": r.seconds}
+
+
+def _train(cfg: SSLStudyConfig, bb: BackboneConfig, splits: dict, variant: str, seed: int,
+           pre: Stage | None, folder: Path, say: Log) -> dict[str, Any]:
+    from viscope import models
+    from viscope.train import fit
+
+    t = cfg.train
+    objectives = ["ce"] + ([f"recon:{t.recon_weight}"] if variant == "recon" else [])
+    torch.manual_seed(seed)
+    model = models.create(bb.name, num_classes=len(splits["train"].classes), **bb.args)
+    init = pre.result["backbone"] if pre is not None else None
+    r = fit(model, splits, out=folder / "fit", epochs=t.epochs, batch_size=t.batch_size,
+            lr=bb.lr or t.lr, weight_decay=t.weight_decay, objectives=objectives, init=init,
+            monitor="val_acc", image_size=cfg.data.image_size, seed=seed,
+            accelerator=cfg.run.accelerator, progress=cfg.run.progress)
+    say(f"{bb.tag}/{variant} s{seed}: test accuracy {r.test_acc:.3f}")
+    return {"checkpoint": str(r.checkpoint), "test_acc": r.test_acc, "seconds": r.seconds}
+
+
+def _evaluate(cfg: SSLStudyConfig, splits: dict, trained: Stage, folder: Path, say: Log
+              ) -> dict[str, Any]:
+    from viscope import models
+    from viscope.data import labels_of
+    from viscope.evaluate.faithfulness import deletion_auc
+    from viscope.evaluate.localisation import energy_pointing_game, pointing_game
+    from viscope.explain import attribute
+    from viscope.invariance import measure
+    from viscope.train.ssl.probe import embed, probe_accuracy
+
+    e = cfg.evaluation
+    net = models.create(trained.result["checkpoint"]).eval()
+    train_f, train_y = embed(net, splits["train"], cfg.run.batch_size)
+    test_f, test_y = embed(net, splits["test"], cfg.run.batch_size)
+    metrics: dict[str, Any] = {"test_acc": trained.result["test_acc"],
+                               "probe_acc": probe_accuracy(train_f, train_y, test_f, test_y)}
+    test = splits["test"]
+    pick = stratified_head(np.asarray(labels_of(test)), e.images)
+    items = [test[int(i)] for i in pick]
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([int(it[1]) for it in items])
+    masks = torch.stack([it[2] for it in items])
+    for method in e.methods:
+        maps = attribute(net, images, method, target=labels)
+        metrics[f"pointing_{method}"] = float(pointing_game(maps, masks).float().mean())
+        metrics[f"energy_{method}"] = float(energy_pointing_game(maps, masks).mean())
+        metrics[f"deletion_{method}"] = float(
+            deletion_auc(net, images, maps, labels, steps=e.deletion_steps).mean())
+    nv = {}
+    for fam in e.families:
+        r = measure(net, test, fam, samples=e.samples, params=e.params,
+                    batch_size=cfg.run.batch_size)
+        nv[fam] = r.average()
+    metrics["nv_families"] = nv
+    metrics["nv"] = float(np.nanmean(list(nv.values())))
+    atomic_write_json(folder / "metrics.json", metrics)
+    say(f"{folder.parent.name}/{folder.name}: probe {metrics['probe_acc']:.3f}, NV "
+        f"{metrics['nv']:.3f}, " + ", ".join(f"energy {m} {metrics[f'energy_{m}']:.3f}"
+                                            for m in e.methods))
+    return metrics
+
+
+__all__ = ["run"]
