@@ -94,6 +94,7 @@ class PretrainModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []
         self._loss_sum: Tensor | None = None
         self._batches = 0
+        self._total = 1
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch
@@ -111,9 +112,12 @@ class PretrainModule(pl.LightningModule):
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return loss
 
+    def on_train_start(self) -> None:
+        # counted once: Lightning's estimate walks the loader's length every time it is read
+        self._total = max(1, int(self.trainer.estimated_stepping_batches))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        self.method.on_step_end(self.global_step - 1, total)
+        self.method.on_step_end(self.global_step - 1, self._total)
 
     def epoch_loss(self) -> float:
         """The mean training loss of the epoch (one sync, at its end)."""
