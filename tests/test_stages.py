@@ -49,3 +49,18 @@ def test_the_record_holds_the_inputs_and_key(tmp_path):
     record = json.loads((tmp_path / "a" / STAGE_FILE).read_text())
     assert record == {"key": a.key, "inputs": {"layers": ["x", "y"], "lr": 0.1},
                       "result": {"acc": 0.5}}
+
+
+def test_run_computes_once_then_skips_and_says_so(tmp_path):
+    from viscope.stages import Stage, open_run_folder
+
+    out = open_run_folder(tmp_path / "r", {"a": 1})
+    assert (out / "config.yaml").read_text() == "a: 1\n" and (out / "environment.json").exists()
+    calls, said = [], []
+    body = lambda: calls.append(1) or {"x": len(calls)}  # noqa: E731
+    assert Stage(out, "s", {"k": 1}).run(body, said.append, "job/s") is True
+    assert Stage(out, "s", {"k": 1}).run(body, said.append) is False
+    assert calls == [1] and Stage(out, "s", {"k": 1}).result == {"x": 1}
+    assert said[0].startswith("job/s: done in") and said[1] == "s: finished earlier, skipped"
+    assert Stage(out, "s", {"k": 2}).run(body, said.append) is True  # another key: again
+    assert calls == [1, 1]

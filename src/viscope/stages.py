@@ -32,7 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,24 @@ class Stage:
                     return ""
         return "" if self.folder.exists() and any(self.folder.iterdir()) else None
 
+    def run(self, body: Callable[[], Mapping[str, Any]], say: Callable[[str], None],
+            label: str | None = None) -> bool:
+        """Compute the stage with ``body`` (after :meth:`start`; it returns the result
+        :meth:`finish` records) unless it is done; say which, and how long it took.
+
+        Returns:
+            Whether the stage was computed by this call.
+        """
+        name = label or self.name
+        if self.done:
+            say(f"{name}: finished earlier, skipped")
+            return False
+        t0 = time.perf_counter()
+        self.start()
+        self.finish(body())
+        say(f"{name}: done in {time.perf_counter() - t0:.0f} s")
+        return True
+
     def finish(self, result: Mapping[str, Any] | None = None) -> None:
         """Mark the stage finished (atomically, after its outputs), with a small result."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -107,3 +126,21 @@ class Stage:
                   "result": json.loads(json.dumps(dict(result or {}), default=str))}
         atomic_write_json(self.folder / STAGE_FILE, record)
         self._record = record
+
+
+def open_run_folder(out: str | Path, config: Mapping[str, Any]) -> Path:
+    """Create a staged job's run folder and write its resolved ``config.yaml`` and
+    ``environment.json`` (versions, git revision, device) atomically.
+
+    Returns:
+        The folder.
+    """
+    import yaml
+
+    from viscope.io import atomic_write_text, environment
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+    atomic_write_json(folder / "environment.json", environment())
+    return folder

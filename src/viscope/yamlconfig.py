@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from viscope.errors import ViscopeError, suggest
 
@@ -146,3 +146,41 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
             if found is not None:
                 return found
     return None
+
+
+class Section(BaseModel):
+    """A section of a job's configuration: unknown keys are refused (with the close one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class HardwareConfig(Section):
+    """Where and how a staged job runs: never part of a stage's key, so changing it never
+    invalidates finished work."""
+
+    accelerator: str = "cpu"
+    batch_size: int = 64
+    num_workers: int = 0
+    progress: bool = False
+
+
+def load_job_config(cls: type[M], path: str | Path | None,
+                    overrides: Mapping[str, Any] | None, shipped: str) -> M:
+    """A job's configuration: the YAML at ``path`` (``None``: the defaults), then the
+    ``key.sub=value`` overrides, validated as ``cls``.
+
+    Args:
+        cls: the job's pydantic model.
+        path: the YAML file.
+        overrides: dotted keys and values (``data.csv=/x.csv``).
+        shipped: the shipped config names, said when ``path`` does not exist.
+
+    Raises:
+        ViscopeError: a missing file, bad YAML, unknown or ill-typed keys.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path, f"Shipped configs: {shipped}.")
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return validate(cls, data)

@@ -16,16 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from viscope.yamlconfig import read_yaml, set_dotted, validate
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from viscope.yamlconfig import HardwareConfig, Section, load_job_config
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """The images, their image-level classes and (some) real masks."""
 
     #: a built-in name (``mammo``, ``shapes``) or a folder / CSV; ``csv`` wins when set
@@ -49,7 +45,7 @@ class DataConfig(_Section):
         return v
 
 
-class ClassifierConfig(_Section):
+class ClassifierConfig(Section):
     """The classifier trained on image-level labels (mammograms: the extreme classes)."""
 
     model: str = "resnet10t"
@@ -65,7 +61,7 @@ class ClassifierConfig(_Section):
     seed: int = 0
 
 
-class CamConfig(_Section):
+class CamConfig(Section):
     """The class-activation maps that become pseudo-masks."""
 
     #: any ``viscope.explain`` method (``viscope list methods``)
@@ -81,7 +77,7 @@ class CamConfig(_Section):
     flip: bool = True
 
 
-class PseudoConfig(_Section):
+class PseudoConfig(Section):
     """From maps to pseudo-masks."""
 
     #: region of interest: ``otsu`` (the breast / foreground by Otsu on the image),
@@ -117,7 +113,7 @@ class PseudoConfig(_Section):
         return self
 
 
-class UnetConfig(_Section):
+class UnetConfig(Section):
     """The segmentation UNet (segmentation-models-pytorch, any timm encoder)."""
 
     model: str = "smp:unet"
@@ -133,16 +129,10 @@ class UnetConfig(_Section):
     seed: int = 0
 
 
-class RunConfig(_Section):
-    """Hardware: never invalidates a finished stage."""
-
-    accelerator: str = "cpu"
-    batch_size: int = 64
-    num_workers: int = 0
-    progress: bool = False
+RunConfig = HardwareConfig  # hardware: never invalidates a finished stage
 
 
-class WeaksegConfig(_Section):
+class WeaksegConfig(Section):
     """Everything that defines a weak-label run; written resolved into the run folder."""
 
     name: str = "weakseg"
@@ -158,14 +148,10 @@ class WeaksegConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> WeaksegConfig:
-    """Read a YAML config and apply ``key.sub=value`` overrides (``data.csv=/x.csv``).
+    """Read a YAML config and apply ``key.sub=value`` overrides (``data.n=100``).
 
     Raises:
         ViscopeError: a missing file, bad YAML, unknown or ill-typed keys.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(path, "Shipped configs: weakseg-demo, weakseg-shapes, weakseg-mammo.")
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return validate(WeaksegConfig, data)
+    return load_job_config(WeaksegConfig, path, overrides,
+                           "weakseg-demo, weakseg-shapes, weakseg-mammo")

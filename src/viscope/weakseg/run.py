@@ -29,11 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from viscope.errors import ViscopeError
-from viscope.io import atomic_write, atomic_write_json, atomic_write_text, environment
-from viscope.stages import Stage
+from viscope.io import atomic_write
+from viscope.stages import Stage, open_run_folder
 from viscope.weakseg.config import WeaksegConfig, load_config
 from viscope.weakseg.tensors import SplitTensors, TensorDataset, class_subset, load_split
 
@@ -86,10 +85,7 @@ def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None 
     """
     cfg = config if isinstance(config, WeaksegConfig) else load_config(config)
     say = log or (lambda _s: None)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    atomic_write_json(out / "environment.json", environment())
+    out = open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
     splits = _load(cfg)
     from viscope.weakseg import stages  # the stage bodies
@@ -107,23 +103,16 @@ def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None 
                      after=[s for s in (pseudo, unet_p, unet_s) if s is not None])
 
     for stage, body in (
-        (clf, lambda: stages.train_classifier(cfg, splits, clf.start(), say)),
-        (cam, lambda: stages.compute_maps(cfg, splits, clf, cam.start(), say)),
-        (pseudo, lambda: stages.make_pseudo_masks(cfg, splits, cam, pseudo.start(), say)),
-        (unet_p, lambda: stages.train_unet(cfg, splits, unet_p.start(), say, pseudo=pseudo)),
-        (unet_s, lambda: stages.train_unet(cfg, splits, unet_s.start(), say, pseudo=None)),
+        (clf, lambda: stages.train_classifier(cfg, splits, clf.folder, say)),
+        (cam, lambda: stages.compute_maps(cfg, splits, clf, cam.folder, say)),
+        (pseudo, lambda: stages.make_pseudo_masks(cfg, splits, cam, pseudo.folder, say)),
+        (unet_p, lambda: stages.train_unet(cfg, splits, unet_p.folder, say, pseudo=pseudo)),
+        (unet_s, lambda: stages.train_unet(cfg, splits, unet_s.folder, say, pseudo=None)),
         (evaluate, lambda: stages.evaluate(cfg, splits, out, pseudo, cam, unet_p, unet_s,
-                                           evaluate.start(), say)),
+                                           evaluate.folder, say)),
     ):
-        if stage is None:
-            continue
-        if stage.done:
-            say(f"{stage.name}: finished earlier, skipped")
-            continue
-        t0 = time.perf_counter()
-        stage.finish(body())
-        ran.append(stage.name)
-        say(f"{stage.name}: done in {time.perf_counter() - t0:.0f} s")
+        if stage is not None and stage.run(body, say):
+            ran.append(stage.name)
     if not supervised:
         say("unet-supervised: not trained (no real masks for training images); its row in "
             "results.csv says unavailable")

@@ -15,18 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from viscope.yamlconfig import read_yaml, set_dotted, validate
+from viscope.yamlconfig import HardwareConfig, Section, load_job_config
 
 QUALITY_CLASSES = ["good", "usable", "reject"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """The photographs and their grades."""
 
     #: a built-in name (``retina-quality``) or a folder of class sub-folders; ``csv`` wins
@@ -65,7 +61,7 @@ class DataConfig(_Section):
         return {str(k): val for k, val in v.items()} if isinstance(v, dict) else v
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The network: FGR-Net (smp UNet + classifier on the encoder), any encoder."""
 
     name: str = "fgrnet"
@@ -74,7 +70,7 @@ class ModelConfig(_Section):
         "decoder_channels": [32, 16, 8, 8]})
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Training of every variant: cross-entropy weight, reconstruction weight, seeds."""
 
     epochs: int = 10
@@ -108,7 +104,7 @@ class TrainConfig(_Section):
         return self
 
 
-class ValidateConfig(_Section):
+class ValidateConfig(Section):
     """The validation of the maps on the test split."""
 
     #: methods of ``viscope.explain`` whose maps are grouped and drawn (first seed)
@@ -142,16 +138,10 @@ class ValidateConfig(_Section):
         return self
 
 
-class RunConfig(_Section):
-    """Hardware: never invalidates a finished stage."""
-
-    accelerator: str = "cpu"
-    batch_size: int = 64
-    num_workers: int = 0
-    progress: bool = False
+RunConfig = HardwareConfig  # hardware: never invalidates a finished stage
 
 
-class QualityConfig(_Section):
+class QualityConfig(Section):
     """Everything that defines a quality run; written resolved into the run folder."""
 
     name: str = "quality"
@@ -172,14 +162,9 @@ class QualityConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> QualityConfig:
-    """Read a YAML config and apply ``key.sub=value`` overrides (``data.csv=/x.csv``).
+    """Read a YAML config and apply ``key.sub=value`` overrides (``data.n=100``).
 
     Raises:
         ViscopeError: a missing file, bad YAML, unknown or ill-typed keys.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(path, "Shipped configs: quality-demo, quality-eyeq.")
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return validate(QualityConfig, data)
+    return load_job_config(QualityConfig, path, overrides, "quality-demo, quality-eyeq")

@@ -29,18 +29,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from torch.utils.data import Dataset
 
 from viscope.errors import ViscopeError
 from viscope.experiments.quality.config import QualityConfig, load_config
-from viscope.io import atomic_write_json, atomic_write_text, environment
-from viscope.stages import Stage
+from viscope.stages import Stage, open_run_folder
 
 Log = Callable[[str], None]
 SPLITS = ("train", "val", "test")
@@ -96,10 +93,7 @@ def run(config: QualityConfig | str | Path, out: str | Path, *, log: Log | None 
 
     cfg = config if isinstance(config, QualityConfig) else load_config(config)
     say = log or (lambda _s: None)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    atomic_write_json(out / "environment.json", environment())
+    out = open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
     data = load_data(cfg)
     stages.check_settings(cfg, data)
@@ -122,28 +116,20 @@ def run(config: QualityConfig | str | Path, out: str | Path, *, log: Log | None 
                       {"validation": cfg.validation.model_dump(), "all_methods": seed == first},
                       after=[t])
             trained[variant, seed], mapped[variant, seed] = t, m
-            _do(t, lambda t=t, w=weight, s=seed: stages.train_variant(cfg, data, w, s,
-                                                                      t.start(), say), ran, say)
-            _do(m, lambda t=t, m=m, s=seed: stages.explain_variant(
-                cfg, data, t, m.start(), say, all_methods=s == first), ran, say)
+            if t.run(lambda t=t, w=weight, s=seed: stages.train_variant(
+                    cfg, data, w, s, t.folder, say), say):
+                ran.append(t.name)
+            if m.run(lambda t=t, m=m, s=seed: stages.explain_variant(
+                    cfg, data, t, m.folder, say, all_methods=s == first), say):
+                ran.append(m.name)
     report = Stage(out, "report", {"clusters": cfg.validation.clusters},
                    after=list(mapped.values()))
-    _do(report, lambda: reporting.report(cfg, data, trained, mapped, out,
-                                                    report.start(), say),
-        ran, say)
+    if report.run(lambda: reporting.report(cfg, data, trained, mapped, out, report.folder,
+                                           say), say):
+        ran.append(report.name)
     say(f"quality: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
     return QualityResult(out, pd.read_csv(out / "report" / "runs.csv"),
                          pd.read_csv(out / "report" / "comparison.csv"), ran)
-
-
-def _do(stage: Stage, body: Callable[[], dict[str, Any]], ran: list[str], say: Log) -> None:
-    if stage.done:
-        say(f"{stage.name}: finished earlier, skipped")
-        return
-    t0 = time.perf_counter()
-    stage.finish(body())
-    ran.append(stage.name)
-    say(f"{stage.name}: done in {time.perf_counter() - t0:.0f} s")
 
 
 def load_data(cfg: QualityConfig) -> QualityData:

@@ -10,19 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from viscope.yamlconfig import read_yaml, set_dotted, validate
+from viscope.yamlconfig import HardwareConfig, Section, load_job_config
 
 #: variants that are not SSL methods: cross-entropy alone, and with the reconstruction term
 PLAIN_VARIANTS = ("supervised", "recon")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """A built-in dataset with object masks (``shapes``): explanations are scored on them."""
 
     dataset: str = "shapes"
@@ -32,7 +28,7 @@ class DataConfig(_Section):
     fractions: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2])
 
 
-class BackboneConfig(_Section):
+class BackboneConfig(Section):
     """One backbone of the study (every variant trains it)."""
 
     name: str
@@ -47,7 +43,7 @@ class BackboneConfig(_Section):
         return self.label or self.name
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """Self-supervised pre-training of the SSL variants (no labels)."""
 
     epochs: int = 5
@@ -57,7 +53,7 @@ class PretrainConfig(_Section):
     families: list[str] | None = None
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Supervised training (variants supervised and recon) and fine-tuning (SSL ones)."""
 
     epochs: int = 6
@@ -68,7 +64,7 @@ class TrainConfig(_Section):
     recon_weight: float = 0.5
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """What is measured on every trained model (test split)."""
 
     #: explanation methods scored against the object masks
@@ -83,15 +79,13 @@ class EvaluationConfig(_Section):
     params: int = 6
 
 
-class RunConfig(_Section):
-    """Hardware: never invalidates a finished stage."""
+class RunConfig(HardwareConfig):
+    """Hardware: never invalidates a finished stage (larger batches: tiny models)."""
 
-    accelerator: str = "cpu"
     batch_size: int = 128
-    progress: bool = False
 
 
-class SSLStudyConfig(_Section):
+class SSLStudyConfig(Section):
     """Everything that defines an SSL study; written resolved into the run folder."""
 
     name: str = "ssl-study"
@@ -117,14 +111,9 @@ class SSLStudyConfig(_Section):
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> SSLStudyConfig:
-    """Read a YAML config and apply ``key.sub=value`` overrides.
+    """Read a YAML config and apply ``key.sub=value`` overrides (``data.n=100``).
 
     Raises:
         ViscopeError: a missing file, bad YAML, unknown or ill-typed keys.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_yaml(path, "Shipped configs: ssl-demo.")
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return validate(SSLStudyConfig, data)
+    return load_job_config(SSLStudyConfig, path, overrides, "ssl-demo")

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from viscope.errors import ViscopeError
 from viscope.experiments.quality.run import stratified_head
@@ -39,8 +38,8 @@ from viscope.experiments.ssl_study.config import (
     SSLStudyConfig,
     load_config,
 )
-from viscope.io import atomic_write_json, atomic_write_text, environment
-from viscope.stages import Stage
+from viscope.io import atomic_write_json
+from viscope.stages import Stage, open_run_folder
 
 Log = Callable[[str], None]
 SPLITS = ("train", "val", "test")
@@ -60,11 +59,8 @@ def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None
 
     cfg = config if isinstance(config, SSLStudyConfig) else load_config(config)
     say = log or (lambda _s: None)
-    out = Path(out)
     _check(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    atomic_write_json(out / "environment.json", environment())
+    out = open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
     splits = _splits(cfg)
     data_in = cfg.data.model_dump()
@@ -78,17 +74,18 @@ def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None
                     pre = Stage(folder, f"pretrain-{variant}-s{seed}",
                                 {"data": data_in, "backbone": bb.model_dump(),
                                  "pretrain": cfg.pretrain.model_dump(), "seed": seed})
-                    _do(pre, lambda p=pre, v=variant, s=seed, b=bb: _pretrain(
-                        cfg, b, splits, v, s, p.start(), say), say)
+                    pre.run(lambda p=pre, v=variant, s=seed, b=bb: _pretrain(
+                        cfg, b, splits, v, s, p.folder, say), say, f"{bb.tag}/{pre.name}")
                 tr = Stage(folder, f"train-{variant}-s{seed}",
                            {"data": data_in, "backbone": bb.model_dump(),
                             "train": cfg.train.model_dump(), "variant": variant, "seed": seed},
                            after=[pre] if pre is not None else [])
-                _do(tr, lambda t=tr, p=pre, v=variant, s=seed, b=bb: _train(
-                    cfg, b, splits, v, s, p, t.start(), say), say)
+                tr.run(lambda t=tr, p=pre, v=variant, s=seed, b=bb: _train(
+                    cfg, b, splits, v, s, p, t.folder, say), say, f"{bb.tag}/{tr.name}")
                 ev = Stage(folder, f"eval-{variant}-s{seed}",
                            {"evaluation": cfg.evaluation.model_dump()}, after=[tr])
-                _do(ev, lambda e=ev, t=tr: _evaluate(cfg, splits, t, e.start(), say), say)
+                ev.run(lambda e=ev, t=tr: _evaluate(cfg, splits, t, e.folder, say), say,
+                       f"{bb.tag}/{ev.name}")
                 evals[bb.tag, variant, seed] = ev
     runs = report.write(cfg, evals, out, say)
     say(f"ssl-study: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
@@ -109,15 +106,6 @@ def _check(cfg: SSLStudyConfig) -> None:
     for m in cfg.evaluation.methods:
         if m not in list_methods():
             raise ViscopeError(f"Unknown explanation method {m!r}; see `viscope list methods`.")
-
-
-def _do(stage: Stage, body: Callable[[], dict[str, Any]], say: Log) -> None:
-    if stage.done:
-        say(f"{stage.folder.parent.name}/{stage.name}: finished earlier, skipped")
-        return
-    t0 = time.perf_counter()
-    stage.finish(body())
-    say(f"{stage.folder.parent.name}/{stage.name}: done in {time.perf_counter() - t0:.0f} s")
 
 
 def _splits(cfg: SSLStudyConfig) -> dict:
