@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from viscope.errors import ViscopeError, suggest
 
@@ -152,6 +152,27 @@ class Section(BaseModel):
     """A section of a job's configuration: unknown keys are refused (with the close one)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class SplitDataConfig(Section):
+    """The data part every staged job shares: how many items, their size, the seed of
+    generation and of the stratified split, and the train / val / test fractions."""
+
+    #: built-in data: how many items to generate; files: a seeded subset (None: all)
+    n: int | None = None
+    image_size: int = 64
+    #: seed of generation and of the stratified train / val / test split
+    seed: int = 0
+    fractions: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2])
+    #: skip files / CSV rows that cannot be used (one warning with the count)
+    skip_invalid: bool = False
+
+    @field_validator("fractions")
+    @classmethod
+    def _three(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or any(f <= 0 for f in v):
+            raise ValueError("expected three positive fractions: train, val, test")
+        return v
 
 
 class HardwareConfig(Section):

@@ -16,33 +16,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from viscope.yamlconfig import HardwareConfig, Section, load_job_config
+from viscope.yamlconfig import HardwareConfig, Section, SplitDataConfig, load_job_config
 
 
-class DataConfig(Section):
+class DataConfig(SplitDataConfig):
     """The images, their image-level classes and (some) real masks."""
 
     #: a built-in name (``mammo``, ``shapes``) or a folder / CSV; ``csv`` wins when set
     dataset: str | None = "mammo"
     #: a CSV ``path,density[,mask_path]`` (mammograms, DICOM or PNG/JPEG/TIFF)
     csv: str | None = None
-    #: items (built-in data: how many to generate; files: a seeded subset; None: all)
     n: int | None = 800
-    image_size: int = 64
-    #: seed of generation and of the train / val / test split (stratified)
-    seed: int = 0
-    fractions: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2])
-    #: skip CSV rows whose image or mask cannot be used (one warning with the count)
-    skip_invalid: bool = False
-
-    @field_validator("fractions")
-    @classmethod
-    def _three(cls, v: list[float]) -> list[float]:
-        if len(v) != 3 or any(f <= 0 for f in v):
-            raise ValueError("expected three positive fractions: train, val, test")
-        return v
 
 
 class ClassifierConfig(Section):

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from viscope.yamlconfig import HardwareConfig, Section, load_job_config
+from viscope.yamlconfig import HardwareConfig, Section, SplitDataConfig, load_job_config
 
 QUALITY_CLASSES = ["good", "usable", "reject"]
 
 
-class DataConfig(Section):
+class DataConfig(SplitDataConfig):
     """The photographs and their grades."""
 
     #: a built-in name (``retina-quality``) or a folder of class sub-folders; ``csv`` wins
@@ -38,21 +38,7 @@ class DataConfig(Section):
     grades: dict[str, str] | None = None
     #: crop files to the circular field of view and pad to square (fundus practice)
     crop: bool = True
-    #: built-in data: how many images to generate; files: a seeded subset (None: all)
     n: int | None = 600
-    image_size: int = 64
-    #: seed of generation and of the stratified train / val / test split
-    seed: int = 0
-    fractions: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2])
-    #: skip CSV rows / files that cannot be used (one warning with the count)
-    skip_invalid: bool = False
-
-    @field_validator("fractions")
-    @classmethod
-    def _three(cls, v: list[float]) -> list[float]:
-        if len(v) != 3 or any(f <= 0 for f in v):
-            raise ValueError("expected three positive fractions: train, val, test")
-        return v
 
     @field_validator("grades", mode="before")
     @classmethod
