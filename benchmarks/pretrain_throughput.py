@@ -35,6 +35,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from _common import check_device
+from _timing import EpochTimer, throughput
 
 from viscope import data, models
 from viscope.train import make_loader, make_optimizer
@@ -48,37 +49,6 @@ MODELS: dict[str, dict[str, Any]] = {
     "test_vit": {"img_size": 32, "patch_size": 4},
     "test_efficientnet": {},
 }
-
-
-class EpochTimer(pl.Callback):
-    """Images and seconds of each training epoch, timed as in :func:`plain_loop`."""
-
-    def __init__(self) -> None:
-        self.epochs: list[tuple[int, float]] = []
-        self._start = self._end = 0.0
-        self._images = 0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        synchronize(pl_module.device)
-        self._images = 0
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
-    ) -> None:
-        self._images += len(batch[0])
-        if idx + 1 == trainer.num_training_batches:
-            synchronize(pl_module.device)
-        self._end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epochs.append((self._images, self._end - self._start))
-
-
-def throughput(epochs: list[tuple[int, float]]) -> float:
-    """Images/s over all epochs but the first (warm-up)."""
-    timed = epochs[1:]
-    return sum(i for i, _ in timed) / sum(s for _, s in timed)
 
 
 def make_model(name: str, num_classes: int, seed: int) -> torch.nn.Module:

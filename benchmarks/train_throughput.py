@@ -38,6 +38,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from _common import check_device
+from _timing import EpochTimer, throughput
 
 from viscope import data, models, transforms
 from viscope.train import BatchAugment, fit, make_loader, make_optimizer
@@ -49,38 +50,6 @@ MODELS: dict[str, dict[str, Any]] = {
     "test_vit": {"img_size": 32},
     "test_resnet": {},
 }
-
-
-class EpochTimer(pl.Callback):
-    """Seconds and images of each training epoch, timed as in :func:`plain_loop`."""
-
-    def __init__(self) -> None:
-        self.epochs: list[tuple[int, float]] = []
-        self._start = 0.0
-        self._images = 0
-        self._end = 0.0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        synchronize(pl_module.device)
-        self._images = 0
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
-    ) -> None:
-        self._images += len(batch[1])
-        if idx + 1 == trainer.num_training_batches:
-            synchronize(pl_module.device)
-        self._end = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.epochs.append((self._images, self._end - self._start))
-
-
-def throughput(epochs: list[tuple[int, float]]) -> float:
-    """Images/s over all epochs but the first (warm-up)."""
-    timed = epochs[1:]
-    return sum(i for i, _ in timed) / sum(s for _, s in timed)
 
 
 def make_model(name: str, num_classes: int, seed: int) -> torch.nn.Module:
