@@ -27,6 +27,7 @@ from viscope.data.files import (
     Size,
     load_mask,
     load_rgb,
+    read_csv_rows,
     readable,
     resolve_size,
 )
@@ -378,30 +379,16 @@ def _read_rows(csv_path: Path) -> tuple[list[tuple[int, dict[str, str]]], bool]:
     Raises:
         ViscopeError: The file is not UTF-8 CSV, lacks ``path`` or ``density``, or has no rows.
     """
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, skipinitialspace=True)
-            header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            missing = [c for c in ("path", "density") if c not in header]
-            if missing:
-                raise ViscopeError(
-                    f"CSV file '{csv_path}' lacks the column(s) {', '.join(missing)}: its header "
-                    f"is {','.join(header) or '(empty)'}. Expected the header "
-                    "path,density[,mask_path]."
-                )
-            rows = []
-            for raw in reader:
-                cells = {
-                    (k or "").strip().lower(): (v.strip() if isinstance(v, str) else "")
-                    for k, v in raw.items()
-                }
-                if any(cells.values()):  # blank lines are skipped
-                    rows.append((reader.line_num, cells))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ViscopeError(
-            f"Cannot read CSV file '{csv_path}': {err}. Expected a UTF-8 text file with the "
-            "header path,density[,mask_path]; save it as UTF-8."
-        ) from None
-    if not rows:
-        raise ViscopeError(f"CSV file '{csv_path}' has a header but no rows of images.")
-    return rows, "mask_path" in header
+
+    def check(header: list[str]) -> bool:
+        missing = [c for c in ("path", "density") if c not in header]
+        if missing:
+            raise ViscopeError(
+                f"CSV file '{csv_path}' lacks the column(s) {', '.join(missing)}: its header "
+                f"is {','.join(header) or '(empty)'}. Expected the header "
+                "path,density[,mask_path]."
+            )
+        return "mask_path" in header
+
+    return read_csv_rows(csv_path, check, lower=True, expected="Expected a UTF-8 text file "
+                         "with the header path,density[,mask_path]")

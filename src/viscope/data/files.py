@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -278,3 +280,50 @@ def load_mask(path: Path, size: Size | None) -> torch.Tensor:
     if arr.max(initial=0.0) > 1.0:
         arr = arr / 255.0
     return torch.from_numpy((arr >= 0.5).astype(np.float32))[None]
+
+
+_H = TypeVar("_H")
+CSVRows = list[tuple[int, dict[str, str]]]
+
+
+def read_csv_rows(csv_path: Path, check_header: Callable[[list[str]], _H], *, expected: str,
+                  what: str = "images", lower: bool = False) -> tuple[CSVRows, _H]:
+    """The rows of a UTF-8 CSV file as ``(line number, {column: stripped value})``, blank
+    lines skipped, after ``check_header`` has accepted the header (the loaders of CSV
+    files share this; each checks its own columns).
+
+    Args:
+        csv_path: the file.
+        check_header: called with the header's stripped column names before any row is
+            read; raises for a header it refuses, returns what the caller needs of it.
+        expected: what the file should be, said when it cannot be read as CSV.
+        what: what a row lists, said when there is none.
+        lower: compare column names in lower case.
+
+    Returns:
+        The rows and what ``check_header`` returned.
+
+    Raises:
+        ViscopeError: not UTF-8 CSV, a header ``check_header`` refuses, or no rows.
+    """
+    def name(h: str | None) -> str:
+        h = (h or "").strip()
+        return h.lower() if lower else h
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            checked = check_header([name(h) for h in (reader.fieldnames or [])])
+            rows = []
+            for raw in reader:
+                cells = {name(k): (v.strip() if isinstance(v, str) else "")
+                         for k, v in raw.items()}
+                if any(cells.values()):  # blank lines are skipped
+                    rows.append((reader.line_num, cells))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ViscopeError(
+            f"Cannot read CSV file '{csv_path}': {err}. {expected}; save it as UTF-8."
+        ) from None
+    if not rows:
+        raise ViscopeError(f"CSV file '{csv_path}' has a header but no rows of {what}.")
+    return rows, checked

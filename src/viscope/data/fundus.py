@@ -8,7 +8,6 @@ here is specific to one dataset: EyeQ's ``image,quality`` labels (0 good, 1 usab
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from viscope.data.base import Item, VisionDataset
-from viscope.data.files import Size, load_rgb, readable, resolve_size
+from viscope.data.files import Size, load_rgb, read_csv_rows, readable, resolve_size
 from viscope.data.folder import ImageFolder
 from viscope.data.fov import fov_crop, fov_mask
 from viscope.data.grades import QUALITY_CLASSES, check_classes, grade_key, grade_lookup, parse_grade
@@ -311,37 +310,25 @@ def _read_rows(csv_path: Path) -> tuple[list[tuple[int, dict[str, str]]], str, s
     expected = (
         "Expected a header with path (or image) and grade (or label, quality), e.g. path,grade"
     )
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, skipinitialspace=True)
-            if reader.fieldnames is None:
-                raise ViscopeError(f"CSV file '{csv_path}' is empty. {expected}.")
-            header = [(h or "").strip().lower() for h in reader.fieldnames]
-            columns = []
-            for kind in (_PATH_COLUMNS, _GRADE_COLUMNS):
-                found = [c for c in kind if c in header]
-                if len(found) != 1:
-                    got = "none of" if not found else f"{len(found)} of"
-                    raise ViscopeError(
-                        f"CSV file '{csv_path}' has {got} the columns {', '.join(kind)}: its "
-                        f"header is {','.join(header) or '(empty)'}. {expected} (one of each)."
-                    )
-                columns.append(found[0])
-            rows = []
-            for raw in reader:
-                cells = {
-                    (k or "").strip().lower(): (v.strip() if isinstance(v, str) else "")
-                    for k, v in raw.items()
-                }
-                if any(cells.values()):  # blank lines are skipped
-                    rows.append((reader.line_num, cells))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ViscopeError(
-            f"Cannot read CSV file '{csv_path}': {err}. {expected}; save it as UTF-8 text."
-        ) from None
-    if not rows:
-        raise ViscopeError(f"CSV file '{csv_path}' has a header but no rows of photographs.")
-    return rows, columns[0], columns[1]
+
+    def check(header: list[str]) -> tuple[str, str]:
+        if not header:  # no header line at all
+            raise ViscopeError(f"CSV file '{csv_path}' is empty. {expected}.")
+        columns = []
+        for kind in (_PATH_COLUMNS, _GRADE_COLUMNS):
+            found = [c for c in kind if c in header]
+            if len(found) != 1:
+                got = "none of" if not found else f"{len(found)} of"
+                raise ViscopeError(
+                    f"CSV file '{csv_path}' has {got} the columns {', '.join(kind)}: its "
+                    f"header is {','.join(header) or '(empty)'}. {expected} (one of each)."
+                )
+            columns.append(found[0])
+        return columns[0], columns[1]
+
+    rows, (path_column, grade_column) = read_csv_rows(
+        csv_path, check, expected=expected, what="photographs", lower=True)
+    return rows, path_column, grade_column
 
 
 class FundusFolder(ImageFolder):

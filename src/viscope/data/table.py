@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from os import PathLike
@@ -14,6 +13,7 @@ from viscope.data.files import (
     find_unreadable,
     load_mask,
     load_rgb,
+    read_csv_rows,
     resolve_size,
     warn_skipped,
 )
@@ -123,35 +123,17 @@ class CSVDataset(VisionDataset):
 
 def _read_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
     """Rows as ``(line number, {column: stripped value})``; checks the header."""
-    try:
-        return _parse_rows(csv_path)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ViscopeError(
-            f"Cannot read CSV file '{csv_path}': {err}. Expected a UTF-8 text file with the "
-            "header path,label[,mask_path]; save it as UTF-8."
-        ) from None
 
-
-def _parse_rows(csv_path: Path) -> list[tuple[int, dict[str, str]]]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+    def check(header: list[str]) -> None:
         missing = [c for c in ("path", "label") if c not in header]
         if missing:
             raise ViscopeError(
                 f"CSV file '{csv_path}' lacks the column(s) {', '.join(missing)}: its header is "
                 f"{','.join(header) or '(empty)'}. Expected the header path,label[,mask_path]."
             )
-        rows = []
-        for raw in reader:
-            row = {
-                (k or "").strip(): (v.strip() if isinstance(v, str) else "") for k, v in raw.items()
-            }
-            if any(row.values()):  # blank lines are skipped
-                rows.append((reader.line_num, row))
-    if not rows:
-        raise ViscopeError(f"CSV file '{csv_path}' has a header but no rows of images.")
-    return rows
+
+    return read_csv_rows(csv_path, check, expected="Expected a UTF-8 text file with the "
+                         "header path,label[,mask_path]")[0]
 
 
 def _value(row: dict[str, str], column: str, line: int, csv_path: Path) -> str:
