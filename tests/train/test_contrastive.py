@@ -19,13 +19,14 @@ MODELS = [("test_vit", TINY_VIT), ("test_efficientnet", {})]
 
 
 def hand_pooled(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Global average pooling of the backbone's last features, written from timm's API:
-    a CNN's map averaged over (h, w), a ViT's patch tokens (prefix dropped) averaged."""
+    """What the classifier reads, written from timm's API: a CNN's map averaged over
+    (h, w), a ViT's class token (timm's default ``global_pool="token"``); checked by
+    applying the model's own classifier to it."""
     net = models.unwrap(model)
     features = net.forward_features(model.normalize(images))
-    if features.ndim == 4:
-        return features.mean(dim=(2, 3))
-    return features[:, net.num_prefix_tokens:].mean(dim=1)
+    pooled = features.mean(dim=(2, 3)) if features.ndim == 4 else features[:, 0]
+    torch.testing.assert_close(net.get_classifier()(pooled), model(images))
+    return pooled
 
 
 def make_step(name: str, kwargs: dict[str, object]) -> tuple[torch.nn.Module, Step]:

@@ -21,6 +21,7 @@ REFERENCES: dict[str, Reference] = {
     "grayscale": lambda img, a: TF.adjust_saturation(img, 1.0 - a),
     "invert": lambda img, a: (1.0 - a) * img + a * TF.invert(img),
     "solarize": TF.solarize,
+    "hue": TF.adjust_hue,
 }
 
 
@@ -36,7 +37,8 @@ def _values(name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     """The grid plus values beyond it (still inside the family's domain)."""
     family = create(name)
     grid = family.grid(4, dtype=dtype, device=device)
-    extra = {"brightness": [0.0, 3.0], "contrast": [0.0, 4.0], "solarize": [0.0, 0.3]}
+    extra = {"brightness": [0.0, 3.0], "contrast": [0.0, 4.0], "solarize": [0.0, 0.3],
+             "hue": [-0.1, 0.25]}
     tail = torch.tensor(extra.get(name, [0.3, 0.9]), dtype=dtype, device=device)
     return torch.cat([grid, tail])
 
@@ -88,7 +90,7 @@ def test_grayscale_full_blend_is_rgb_to_grayscale(device: torch.device) -> None:
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["contrast", "grayscale"])
+@pytest.mark.parametrize("name", ["contrast", "grayscale", "hue"])
 def test_colour_families_refuse_other_channel_counts(name: str, device: torch.device) -> None:
     x = torch.rand(2, 4, 8, 8, device=device)
     with pytest.raises(ViscopeError, match="4 channels"):
@@ -151,3 +153,14 @@ def test_posterize_on_8_bit_levels_is_exact_in_every_dtype(
     assert torch.equal(out, expected)
     if bits == 8:
         assert torch.equal(out, x)
+
+
+def test_hue_turns_primaries_round_the_circle_and_keeps_grays(device: torch.device) -> None:
+    # Known answers: a third of a turn maps red -> green -> blue -> red; gray has no hue.
+    x = torch.zeros(4, 3, 1, 1, device=device)
+    x[0, 0] = x[1, 1] = x[2, 2] = 1.0
+    x[3] = 0.4
+    out = create("hue").apply(x, torch.full((4,), 1 / 3, device=device))[..., 0, 0]
+    expected = torch.tensor([[0, 1, 0], [0, 0, 1], [1, 0, 0], [0.4, 0.4, 0.4]],
+                            dtype=torch.float32, device=device)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)

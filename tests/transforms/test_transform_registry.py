@@ -24,6 +24,7 @@ EXPECTED = [
     "invert",
     "posterize",
     "solarize",
+    "hue",
     "scale",
     "perspective",
     "rotation",

@@ -9,6 +9,8 @@ For features at several depths use timm's ``forward_intermediates`` on ``unwrap(
 A network with its own reconstruction (FGR-Net's ``forward_reconstruction``) gives the
 logits, its features and the reconstruction from one pass
 (:func:`forward_with_reconstruction`); :func:`forward_step` picks what the objectives ask.
+:func:`pooled_features` gives the vector the classifier reads (self-supervised heads and
+probes use it).
 
 >>> import torch
 >>> from viscope import models
@@ -63,6 +65,35 @@ def forward_with_features(model: nn.Module, images: Tensor) -> tuple[Tensor, Ten
         f"module, to read its features; got {type(net).__name__}. Use a timm model, or an "
         "objective that does not need features."
     )
+
+
+def pooled_features(model: nn.Module, images: Tensor) -> Tensor:
+    """The vector the classifier reads (B, D): the backbone's own pooling, no classifier.
+
+    timm networks: ``forward_head(forward_features(x), pre_logits=True)`` (their own
+    pooling: a ViT's class token or token mean and its norm, a CNN's global average);
+    torchvision CNNs: the mean of the map that enters their ``avgpool``. So a linear
+    classifier on these features can be the model's own head.
+
+    Args:
+        model: a model from :func:`viscope.models.create` (its normalisation is applied)
+            or a bare network.
+        images: float (B, C, H, W) in [0, 1].
+
+    Returns:
+        The pooled features.
+
+    Raises:
+        ViscopeError: a network with neither timm's forward_features/forward_head nor an
+            ``avgpool`` module.
+    """
+    net = unwrap(model)
+    if callable(getattr(net, "forward_features", None)) and callable(
+        getattr(net, "forward_head", None)
+    ):
+        x = model.normalize(images) if isinstance(model, Normalized) else images
+        return net.forward_head(net.forward_features(x), pre_logits=True)
+    return forward_with_features(model, images)[1].mean(dim=(2, 3))
 
 
 def has_reconstruction(model: nn.Module) -> bool:

@@ -98,20 +98,20 @@ class TrainResult:
         )
 
 
-def read_record(out: Path) -> dict[str, Any] | None:
-    """The run's ``train.json``, or ``None`` when there is none.
+def read_record(out: Path, name: str = RECORD) -> dict[str, Any] | None:
+    """The run's record (``train.json``, or ``name``), or ``None`` when there is none.
 
     Raises:
         ViscopeError: the file exists but is not a JSON object.
     """
-    path = out / RECORD
+    path = out / name
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ViscopeError(
-            f"Expected {path} to be a training record (JSON); could not read it ({err}). "
+            f"Expected {path} to be a run record (JSON); could not read it ({err}). "
             "Delete it or pass overwrite=True to start the run again."
         ) from None
     if not isinstance(record, dict):
@@ -153,9 +153,9 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def clear_run(out: Path) -> None:
-    """Delete the files a training run writes in ``out`` (and nothing else)."""
-    for name in _OUTPUTS:
+def clear_run(out: Path, outputs: tuple[str, ...] = _OUTPUTS) -> None:
+    """Delete the files a run writes in ``out`` (``outputs``; nothing else)."""
+    for name in outputs:
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -217,37 +217,60 @@ class RunMismatch(ViscopeError):
         self.differences = differences
 
 
-def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool) -> dict | Path | None:
-    """Decide what to do with the run folder.
+@dataclass(frozen=True)
+class RunFiles:
+    """What a resumable job writes in its run folder, for :func:`prepare_folder`.
+
+    Attributes:
+        record: the JSON record (configuration, status, results).
+        finished: the file a finished run has (with ``status == "finished"``).
+        last: Lightning's last checkpoint, to resume from.
+        outputs: every file or folder the job writes (deleted to start afresh).
+        job: what the job is called in messages.
+    """
+
+    record: str
+    finished: str
+    last: str
+    outputs: tuple[str, ...]
+    job: str
+
+
+#: The files of a :func:`viscope.train.fit` run.
+TRAIN_FILES = RunFiles(RECORD, BEST, f"{CHECKPOINTS}/last.ckpt", _OUTPUTS, "training")
+
+
+def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool,
+                   files: RunFiles = TRAIN_FILES) -> dict | Path | None:
+    """Decide what to do with a run folder (training, pre-training: ``files`` says which).
 
     Returns:
-        The stored record when the run is finished (skip), the ``last.ckpt`` to resume
+        The stored record when the run is finished (skip), the last checkpoint to resume
         from, or ``None`` to start afresh (after deleting a previous run's files).
+
+    Raises:
+        RunMismatch: the folder holds a run with another configuration (and not
+            ``overwrite``).
     """
-    stored = read_record(out)
-    if stored is None:
-        if overwrite:
-            clear_run(out)
-        return None
-    if overwrite:
-        clear_run(out)
+    stored = read_record(out, files.record)
+    if stored is None or overwrite:
+        clear_run(out, files.outputs)
         return None
     diff = config_diff(stored.get("config"), config)
     if diff:
         listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
         raise RunMismatch(
-            f"Expected the run folder {out} to hold the same training configuration; it "
+            f"Expected the run folder {out} to hold the same {files.job} configuration; it "
             f"holds another run ({stored.get('status', 'unknown')}) that differs in: "
             f"{listed}. Use another out= folder, or pass overwrite=True (--overwrite on the "
-            "command line) to delete that run and train again.",
+            f"command line) to delete that run and start again.",
             diff,
         )
-    if stored.get("status") == "finished" and (out / BEST).is_file():
+    if stored.get("status") == "finished" and (out / files.finished).is_file():
         return stored
-    last = out / CHECKPOINTS / "last.ckpt"
-    if last.is_file():
-        return last
-    clear_run(out)
+    if (out / files.last).is_file():
+        return out / files.last
+    clear_run(out, files.outputs)
     return None
 
 

@@ -199,3 +199,56 @@ class Solarize(Family):
 
     def _apply(self, images: Tensor, params: Tensor) -> Tensor:
         return torch.where(images >= _per_image(params), 1.0 - images, images)
+
+
+@register_family
+class Hue(Family):
+    """Rotate every pixel's hue by ``shift`` turns: HSV ``h -> (h + shift) mod 1``.
+
+    torchvision ``adjust_hue`` semantics (saturation and value kept; grays unchanged;
+    1-channel images returned unchanged), written here in batched form with one shift
+    per image: torchvision's kernel takes one float for the whole batch. Default range
+    -0.5 -> 0.5 (the whole colour circle, so both ends give the same image); neutral 0.
+    Mostly a view for self-supervised pre-training (``viscope.train.ssl``), where colour
+    would otherwise be the easiest cue to match two views by.
+
+    >>> red = torch.zeros(1, 3, 1, 1); red[:, 0] = 1.0
+    >>> Hue()(red, torch.tensor([1 / 3]))[0, :, 0, 0].tolist()  # red -> green
+    [0.0, 1.0, 0.0]
+
+    Raises:
+        ViscopeError: from ``apply``, when images have neither 1 nor 3 channels.
+    """
+
+    name = "hue"
+    param_names = ("shift",)
+    low = (-0.5,)
+    high = (0.5,)
+    neutral = (0.0,)
+    domain = (-0.5, 0.5)
+    description = "rotate the hue by a fraction of the colour circle, -0.5 to 0.5"
+
+    def _apply(self, images: Tensor, params: Tensor) -> Tensor:
+        _check_colour(images, self.name)
+        if images.shape[1] == 1:
+            return images.clone()
+        r, g, b = images.unbind(dim=1)
+        value, _ = images.max(dim=1)
+        spread = value - images.min(dim=1).values
+        flat = spread == 0
+        safe = torch.where(flat, torch.ones_like(spread), spread)
+        # Hue in sixths of a turn, from whichever channel is the maximum (red first on
+        # ties, as torchvision; tied channels give the same hue anyway).
+        sixths = torch.where(
+            value == r, ((g - b) / safe).remainder(6.0),
+            torch.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+        sixths = (sixths + 6.0 * _per_image(params)[:, 0]).remainder(6.0)
+        saturation = torch.where(flat, torch.zeros_like(spread), spread / torch.where(
+            value == 0, torch.ones_like(value), value))
+        # HSV -> RGB as channel n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + h) mod 6
+        # for n = 5, 3, 1 (red, green, blue): one expression for all three channels.
+        n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype)
+        k = (n.view(1, 3, 1, 1) + sixths.unsqueeze(1)).remainder(6.0)
+        ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+        out = value.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
+        return out.clamp_(0.0, 1.0)

@@ -20,7 +20,7 @@ _EXPORTS = {
     "SSL_METHODS": "viscope.train.ssl.methods",
     "SSLMethod": "viscope.train.ssl.methods",
     "create_method": "viscope.train.ssl.methods",
-    "pooled_features": "viscope.train.ssl.methods",
+    "pooled_features": "viscope.train.features",
     "PretrainResult": "viscope.train.ssl.pretrain",
 }
 __all__ = attach(__name__, _EXPORTS)

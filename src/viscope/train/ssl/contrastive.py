@@ -5,9 +5,10 @@ Beside the classification loss (``fit(objectives=["ce", "contrastive:0.5"])``, o
 time through a chain of viscope transformation families with random parameters per
 image (by default ``scale``, ``rotation`` and ``brightness``: the same family objects
 the invariance engine measures). Both views run through the model; their pooled
-features go through a SimCLR projection head and lightly's NT-Xent loss pulls the two
-views of one image together and pushes the other images apart (Chen et al., "A Simple
-Framework for Contrastive Learning of Visual Representations", ICML 2020, eq. 1). The
+features (what the classifier reads: :func:`~viscope.train.features.pooled_features`)
+go through a SimCLR projection head and lightly's NT-Xent loss pulls the two views of
+one image together and pushes the other images apart (Chen et al., "A Simple Framework
+for Contrastive Learning of Visual Representations", ICML 2020, eq. 1). The
 head (lightly's ``SimCLRProjectionHead``) is built in ``setup`` from the feature width
 and trained with the model; the loss is lightly's ``NTXentLoss``. Nothing here is
 hand-written but the choice of views and the pooling.
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from viscope import transforms
 from viscope.errors import ViscopeError
 from viscope.train.augment import describe_family
-from viscope.train.features import forward_with_features
+from viscope.train.features import pooled_features
 from viscope.train.objectives import Objective, Step, register_objective
 from viscope.transforms import Family
 
@@ -39,16 +40,6 @@ from viscope.transforms import Family
 DEFAULT_FAMILIES = ("scale", "rotation", "brightness")
 #: The seed of the views of validation and test steps.
 EVAL_SEED = 0
-
-
-def pooled_features(model: nn.Module, images: Tensor) -> Tensor:
-    """The model's pooled representation (B, C) of ``images`` in [0, 1].
-
-    The mean over the positions of the backbone's last spatial features
-    (:func:`~viscope.train.features.forward_with_features`: a CNN's last map, a ViT's
-    patch tokens on their grid), i.e. global average pooling for every backbone alike.
-    """
-    return forward_with_features(model, images)[1].mean(dim=(2, 3))
 
 
 @register_objective

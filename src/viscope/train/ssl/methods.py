@@ -57,35 +57,11 @@ from torch import Tensor, nn
 from viscope.errors import ViscopeError
 from viscope.models import unwrap
 from viscope.train.augment import resolve_family
+from viscope.train.features import pooled_features
 from viscope.transforms import Family
 
 #: The families a method's views are made with when none are given.
 DEFAULT_FAMILIES = ("scale", "rotation", "brightness", "contrast")
-
-
-def pooled_features(model: nn.Module, images: Tensor) -> Tensor:
-    """The backbone's pooled features (B, D): timm's ``forward_features`` then
-    ``forward_head(..., pre_logits=True)`` (its own pooling and norm, no classifier).
-
-    Args:
-        model: a model from :func:`viscope.models.create` (its normalisation is applied)
-            or a bare timm network.
-        images: float (B, C, H, W) in [0, 1].
-
-    Returns:
-        The features before the classifier.
-
-    Raises:
-        ViscopeError: the network is not a timm model (no ``forward_head``).
-    """
-    net = unwrap(model)
-    if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
-        raise ViscopeError(
-            f"Expected a timm backbone (forward_features and forward_head) to pre-train; got "
-            f"{type(net).__name__}. Use a timm model name such as test_vit or test_efficientnet."
-        )
-    x = model.normalize(images) if hasattr(model, "normalize") else images
-    return net.forward_head(net.forward_features(x), pre_logits=True)
 
 
 class SSLMethod(nn.Module):

@@ -9,7 +9,6 @@ and the loss. Labels are read by the probe callback only (:mod:`viscope.train.ss
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -34,7 +33,7 @@ from viscope.train.augment import mix_seed
 from viscope.train.callbacks import ThroughputMeter
 from viscope.train.data import DatasetArg, make_loader, split_record
 from viscope.train.optim import OptimSettings, make_optimizer, make_scheduler
-from viscope.train.run import RunMismatch, config_diff, plain
+from viscope.train.run import RunFiles, plain, prepare_folder
 from viscope.train.ssl.methods import SSLMethod, create_method
 from viscope.train.ssl.probe import ProbeCallback
 from viscope.train.trainer import canonical_precision, check_accelerator, quiet
@@ -44,7 +43,7 @@ RECORD = "pretrain.json"
 HISTORY = "history.csv"
 LAST = "last.ckpt"
 BACKBONE = "backbone.pt"
-_OUTPUTS = (RECORD, HISTORY, LAST, BACKBONE)
+FILES = RunFiles(RECORD, BACKBONE, LAST, (RECORD, HISTORY, LAST, BACKBONE), "pre-training")
 
 
 @dataclass
@@ -247,7 +246,7 @@ def pretrain(
         "precision": canonical_precision(precision),
     })
     out = Path(out)
-    resume = _prepare(out, config, overwrite)
+    resume = prepare_folder(out, config, overwrite, FILES)
     if isinstance(resume, dict):
         return _skipped(out, resume, model, started)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,33 +285,6 @@ def pretrain(
     atomic_write_json(out / RECORD, record)
     return PretrainResult(out, out / BACKBONE, _frame(module.history), final["knn_acc"],
                           final["probe_acc"], seconds, meter.images_per_second(), False, model)
-
-
-def _prepare(out: Path, config: dict[str, Any], overwrite: bool) -> dict | Path | None:
-    """The stored record of a finished run (skip), ``last.ckpt`` to resume, or ``None``."""
-    path = out / RECORD
-    stored = json.loads(path.read_text()) if path.is_file() else None
-    if overwrite or stored is None:
-        _clear(out)
-        return None
-    diff = config_diff(stored.get("config"), config)
-    if diff:
-        listed = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise RunMismatch(
-            f"Expected the run folder {out} to hold the same pre-training configuration; it "
-            f"holds another run that differs in: {listed}. Use another out folder, or pass "
-            "overwrite=True (--overwrite) to delete that run and pre-train again.", diff)
-    if stored.get("status") == "finished" and (out / BACKBONE).is_file():
-        return stored
-    if (out / LAST).is_file():
-        return out / LAST
-    _clear(out)
-    return None
-
-
-def _clear(out: Path) -> None:
-    for name in _OUTPUTS:
-        (out / name).unlink(missing_ok=True)
 
 
 def _skipped(out: Path, record: dict[str, Any], model: nn.Module, started: float

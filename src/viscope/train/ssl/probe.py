@@ -1,7 +1,7 @@
 """Label-using read-outs of a pre-training run: k-NN and linear-probe accuracy.
 
 Labels never reach the pre-training loss; they are used here only, on frozen pooled
-features (:func:`~viscope.train.ssl.methods.pooled_features`), so that progress without
+features (:func:`~viscope.train.features.pooled_features`), so that progress without
 labels is visible. k-NN is lightly's ``knn_predict`` (cosine similarity, the ``k``
 nearest of the train split, votes weighted by ``exp(similarity / t)``); the linear probe
 is scikit-learn's logistic regression on standardised features.
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from viscope.train.data import make_loader
-from viscope.train.ssl.methods import pooled_features
+from viscope.train.features import pooled_features
 
 
 @torch.no_grad()
