@@ -13,6 +13,7 @@ from viscope.errors import ViscopeError
 from viscope.train import fit
 from viscope.train.objectives import OBJECTIVES, Step, resolve_objectives
 from viscope.train.ssl.contrastive import Contrastive
+from viscope.train.ssl.methods import DEFAULT_FAMILIES
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2}
 MODELS = [("test_vit", TINY_VIT), ("test_efficientnet", {})]
@@ -48,7 +49,7 @@ def test_the_loss_is_lightlys_nt_xent_of_the_projected_views_by_hand(
     loss = objective.loss(step)
 
     # the views are the configured families applied in order with the recorded parameters
-    families = [transforms.create(n) for n in ("scale", "rotation", "brightness")]
+    families = [transforms.create(n) for n in DEFAULT_FAMILIES]
     assert objective.last_params is not None and objective.last_views is not None
     for view, params in zip(objective.last_views, objective.last_params, strict=True):
         expected = step.images

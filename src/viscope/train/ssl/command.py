@@ -24,8 +24,8 @@ def pretrain(
     method: Annotated[str, typer.Option(help="simclr, byol, dino or mae (ViTs)")] = "simclr",
     families: Annotated[list[str] | None, typer.Option(
         "--families", "--family",
-        help="transformation family making the views (repeatable; default scale, rotation, "
-             "brightness, contrast)")] = None,
+        help="transformation family making the views (repeatable; default scale, translation, "
+             "rotation, hue, grayscale, brightness, contrast)")] = None,
     epochs: Annotated[int, typer.Option()] = 20,
     batch_size: Annotated[int, typer.Option()] = 128,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW, cosine)")] = 1e-3,

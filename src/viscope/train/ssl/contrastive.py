@@ -3,8 +3,9 @@
 Beside the classification loss (``fit(objectives=["ce", "contrastive:0.5"])``, or
 ``viscope train --ssl contrastive --ssl-weight 0.5``), each batch is seen twice, each
 time through a chain of viscope transformation families with random parameters per
-image (by default ``scale``, ``rotation`` and ``brightness``: the same family objects
-the invariance engine measures). Both views run through the model; their pooled
+image (by default the pre-training methods' views,
+:data:`~viscope.train.ssl.methods.DEFAULT_FAMILIES`: the same family objects the
+invariance engine measures). Both views run through the model; their pooled
 features (what the classifier reads: :func:`~viscope.train.features.pooled_features`)
 go through a SimCLR projection head and lightly's NT-Xent loss pulls the two views of
 one image together and pushes the other images apart (Chen et al., "A Simple Framework
@@ -34,10 +35,9 @@ from viscope.errors import ViscopeError
 from viscope.train.augment import describe_family
 from viscope.train.features import pooled_features
 from viscope.train.objectives import Objective, Step, register_objective
+from viscope.train.ssl.methods import DEFAULT_FAMILIES
 from viscope.transforms import Family
 
-#: The default view families: a crop-like zoom, a rotation and a brightness change.
-DEFAULT_FAMILIES = ("scale", "rotation", "brightness")
 #: The seed of the views of validation and test steps.
 EVAL_SEED = 0
 

@@ -60,8 +60,14 @@ from viscope.train.augment import resolve_family
 from viscope.train.features import pooled_features
 from viscope.transforms import Family
 
-#: The families a method's views are made with when none are given.
-DEFAULT_FAMILIES = ("scale", "rotation", "brightness", "contrast")
+#: The families a method's views are made with when none are given: SimCLR's recipe
+#: (crop-like zoom and shift, colour jitter, grayscale) in viscope's families, plus
+#: rotation. The colour ones matter: on ``shapes`` (random colours), SimCLR views with
+#: only scale, rotation, brightness and contrast let colour identify the two views and
+#: *lowered* test_resnet's k-NN accuracy (0.32 at random init -> 0.27 after 15 epochs,
+#: 2,000 images); with these families it rose to 0.41.
+DEFAULT_FAMILIES = ("scale", "translation", "rotation", "hue", "grayscale", "brightness",
+                    "contrast")
 
 
 class SSLMethod(nn.Module):
