@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from viscope.experiments.config import ALL_FAMILIES
 from viscope.yamlconfig import HardwareConfig, Section, load_job_config
 
 #: variants that are not SSL methods: cross-entropy alone, and with the reconstruction term
@@ -72,9 +73,9 @@ class EvaluationConfig(Section):
     #: test images explained (stratified by class)
     images: int = 60
     deletion_steps: int = 10
-    #: families whose NV is averaged (over layers, then families)
-    families: list[str] = Field(default_factory=lambda: [
-        "brightness", "contrast", "rotation", "scale"])
+    #: families whose NV is averaged (over layers, then families): the matrix's
+    #: evaluation families
+    families: list[str] = Field(default_factory=lambda: list(ALL_FAMILIES))
     samples: int = 32
     params: int = 6
 
