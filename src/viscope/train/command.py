@@ -67,7 +67,8 @@ def train(
              "contrastive, recon (alias reconstruction)")] = None,
     ssl_weight: Annotated[float, typer.Option(help="weight of the --ssl objective")] = 1.0,
     init: Annotated[str | None, typer.Option(
-        help="registered initialiser, or a pre-trained checkpoint (viscope .pt, timm, "
+        help="registered initialiser (pca, zca, kmeans, mimetic, default), or a pre-trained "
+             "checkpoint (viscope .pt, timm, "
              "Lightning .ckpt) whose backbone is loaded, the head kept new")] = None,
     linear_probe: Annotated[bool, typer.Option(
         help="train the classifier head alone, the backbone frozen")] = False,

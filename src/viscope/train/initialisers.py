@@ -18,7 +18,8 @@ configuration records it (:func:`describe_init`), so another initialiser trains 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -28,8 +29,42 @@ from viscope.errors import ViscopeError
 from viscope.registry import Registry
 
 Initialiser = Callable[[nn.Module, Dataset], Any]
-#: Initialisers by name (the init/ package registers pca, zca, kmeans, ...).
-INITIALISERS: Registry[Initialiser] = Registry("initialiser")
+
+
+class _InitialiserRegistry(Registry[Initialiser]):
+    """The registry, filled by :mod:`viscope.init` on first look-up (not at import, so
+    that ``viscope --help`` imports neither it nor scikit-learn)."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module("viscope.init.methods")
+
+    def get(self, name: str) -> Initialiser:
+        self._load()
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        self._load()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+
+#: Initialisers by name (viscope.init registers default, pca, zca, kmeans, mimetic).
+INITIALISERS: Registry[Initialiser] = _InitialiserRegistry("initialiser")
 InitArg = str | Initialiser | None
 
 
