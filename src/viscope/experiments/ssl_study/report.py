@@ -4,7 +4,7 @@ mean ± std over seeds of every metric, and a paired t-test of each variant agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,23 +53,54 @@ def write(cfg: SSLStudyConfig, evals: Mapping[tuple[str, str, int], Stage], out:
     return runs
 
 
-def summarise(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean, std (ddof 1) and the paired t-test p-value against ``supervised`` per
-    (backbone, variant) and metric."""
+def summarise(runs: pd.DataFrame, metrics: list[str], *,
+              group: Sequence[str] = ("backbone", "variant"), baseline: str = "supervised",
+              finite_only: bool = False) -> pd.DataFrame:
+    """Mean, std (ddof 1) and the paired t-test p-value (scipy's ``ttest_rel``, pairs
+    matched by ``seed``) against the ``baseline`` per group and metric.
+
+    Shared by the studies (``ssl-study``: per (backbone, variant) against
+    ``supervised``; ``init-study``: per (condition, method) against ``default``).
+
+    Args:
+        runs: one row per run: the ``group`` columns, ``seed`` and the metrics.
+        metrics: the metric columns.
+        group: the columns that define a row of the table; the last one names what is
+            compared (its ``baseline`` value is the reference within the other columns).
+        baseline: the reference value of ``group[-1]``.
+        finite_only: mean and std over the finite values only, and the test over the
+            pairs whose two values are finite (a run that never reached a target has no
+            epoch count); the columns ``<metric>_n`` and ``<metric>_pairs`` say how many.
+
+    Returns:
+        One row per group: its columns, ``seeds`` and ``<metric>_mean``, ``_std``, ``_p``.
+    """
     from scipy.stats import ttest_rel
 
+    keys, compared = list(group[:-1]), group[-1]
     rows = []
-    for (b, v), g in runs.groupby(["backbone", "variant"], sort=False):
-        base = runs[(runs["backbone"] == b) & (runs["variant"] == "supervised")]
-        row = {"backbone": b, "variant": v, "seeds": len(g)}
+    for names, g in runs.groupby(list(group), sort=False):
+        names = names if isinstance(names, tuple) else (names,)
+        row = dict(zip(group, names, strict=True))
+        base = runs[runs[compared] == baseline]
+        for k in keys:
+            base = base[base[k] == row[k]]
+        row["seeds"] = len(g)
         for m in metrics:
             vals = g[m].to_numpy(float)
-            row[f"{m}_mean"] = float(np.nanmean(vals))
+            if finite_only:
+                vals = vals[np.isfinite(vals)]
+                row[f"{m}_n"] = len(vals)
+            row[f"{m}_mean"] = float(np.nanmean(vals)) if len(vals) else np.nan
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else np.nan
             p = np.nan
-            if v != "supervised" and len(base):
+            if row[compared] != baseline and len(base):
                 pair = g.merge(base, on="seed", suffixes=("", "_base"))
                 a, c = pair[m].to_numpy(float), pair[f"{m}_base"].to_numpy(float)
+                if finite_only:
+                    ok = np.isfinite(a) & np.isfinite(c)
+                    a, c = a[ok], c[ok]
+                    row[f"{m}_pairs"] = len(a)
                 if len(a) > 1 and np.any(a != c):
                     p = float(ttest_rel(a, c).pvalue)
             row[f"{m}_p"] = p
