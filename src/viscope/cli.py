@@ -16,6 +16,7 @@ import typer
 
 from viscope.errors import ViscopeError
 from viscope.experiments.command import demo, matrix
+from viscope.experiments.init_study.command import init_study
 from viscope.experiments.quality.command import quality
 from viscope.experiments.ssl_study.command import ssl_study
 from viscope.explain.command import explain
@@ -35,6 +36,7 @@ app.add_typer(list_app, name="list")
 for _command in (invariance, matrix, demo, train, pretrain, explain, weakseg, quality):
     app.command()(_command)
 app.command(name="ssl-study")(ssl_study)
+app.command(name="init-study")(init_study)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,0 +1,36 @@
+"""``viscope init-study``: the same model trained from each initialisation method over
+seeds and a grid of conditions; epochs and seconds to a target accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from viscope.cli_common import Overrides, config_path, console, parse_kv
+
+
+def init_study(
+    config: Annotated[str, typer.Option(help="YAML file, or a shipped config name "
+                                             "(init-demo, init-imagenette)")] = "init-demo",
+    out: Annotated[Path, typer.Option(help="run folder (re-running skips finished runs)")
+                   ] = Path("runs/init"),
+    set_: Overrides = None,
+) -> None:
+    """Train one model from each initialisation (default, PCA, ZCA, K-Means filters from
+    image patches; mimetic attention) over seeds and a grid of conditions (training
+    fraction, patch size, learning rate); report epochs and wall seconds to the target
+    validation accuracy, final accuracy, a paired t-test against the default init, the
+    learning curves and the initial and learned first-layer filters."""
+    from viscope.experiments.init_study.config import load_config
+    from viscope.experiments.init_study.run import run
+
+    cfg = load_config(config_path(config), parse_kv(set_, "--set"))
+    say = console().print
+    say(f"[bold]{cfg.name}[/]: {cfg.model.name} × {', '.join(m.tag for m in cfg.methods)} × "
+        f"seeds {cfg.seeds} × {', '.join(c.tag for c in cfg.grid())} on {cfg.data.dataset} "
+        f"→ {out}/")
+    run(cfg, out, log=say)
+    say(f"\ntable:   {out / 'report' / 'table.md'} (csv {out / 'report' / 'table.csv'})")
+    say(f"figures: {out / 'report' / 'curves.png'}, {out / 'report' / 'filters.png'}")
