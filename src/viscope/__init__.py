@@ -15,8 +15,8 @@ from viscope.errors import ViscopeError
 __version__ = "0.1.0"
 
 #: the sub-packages reachable as attributes of ``viscope``
-SUBPACKAGES = ("activations", "data", "evaluate", "experiments", "explain", "invariance",
-               "models", "report", "train", "transforms", "weakseg")
+SUBPACKAGES = ("activations", "data", "evaluate", "experiments", "explain", "init",
+               "invariance", "models", "report", "train", "transforms", "weakseg")
 
 __all__ = ["ViscopeError", "__version__", *SUBPACKAGES]
 

@@ -1,5 +1,5 @@
 """``viscope list ...``: what viscope knows (transforms, measures, datasets, models, layers,
-attribution methods), one sub-command each."""
+attribution methods, objectives, initialisers), one sub-command each."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from viscope.cli_common import ModelArg, ModelName, Pretrained, model_kwargs, table
 
 list_app = typer.Typer(help="List what viscope knows: transforms, measures, datasets, models, "
-                            "layers, methods.", no_args_is_help=True)
+                            "layers, methods, objectives, initialisers.",
+                      no_args_is_help=True)
 
 
 @list_app.command("transforms")
@@ -100,3 +101,11 @@ def list_objectives() -> None:
 
     table("Training objectives (loss terms; --objective NAME:WEIGHT, repeatable)",
           ["name", "about"], [[n, about(OBJECTIVES.get(n))] for n in OBJECTIVES.names()])
+
+
+@list_app.command("initialisers")
+def list_initialisers() -> None:
+    """The initialisers (`viscope train --init NAME`, `viscope.init.apply`)."""
+    from viscope.init.methods import ABOUT, METHODS
+
+    table("Initialisers (--init NAME)", ["name", "about"], [[n, ABOUT[n]] for n in METHODS])

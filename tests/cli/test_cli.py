@@ -32,6 +32,7 @@ def run(args, capsys):
     ("models", ["test_vit", "fastervit_tiny"]),
     ("methods", ["gradcam", "cbrise", "rollout"]),
     ("objectives", ["ce", "cross-entropy"]),
+    ("initialisers", ["default", "pca", "zca", "kmeans", "mimetic"]),
 ])
 def test_list(kind, expect, capsys):
     code, out, _ = run(["list", kind], capsys)

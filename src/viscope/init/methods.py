@@ -43,6 +43,14 @@ _FILTERS: dict[str, tuple[Callable[..., torch.Tensor], tuple[str, ...]]] = {
 _SAMPLING = ("images", "workers", "scale")
 _MIMETIC = ("alpha1", "beta1", "alpha2", "beta2")
 METHODS = ("default", "pca", "zca", "kmeans", "mimetic")
+#: one line per method, for ``viscope list initialisers``
+ABOUT = {
+    "default": "the first layer's own reset_parameters, seeded (the baseline)",
+    "pca": "principal components of the first layer's input patches as its filters",
+    "zca": "ZCA-whitening filters of the first layer's input patches",
+    "kmeans": "MiniBatchKMeans centroids of the first layer's input patches",
+    "mimetic": "ViT attention: W_q W_k^T ~ a1 Z + b1 I, W_v W_o ~ a2 Z - b2 I (data-free)",
+}
 
 
 @dataclasses.dataclass
