@@ -42,6 +42,9 @@ def test_epochs_to_target_and_paired_test_by_hand():
         ("zca", 0): [0.5, 0.6, 0.6, 0.6],        # epoch 1
         ("zca", 1): [0.1, 0.6, 0.6, 0.6],        # epoch 2
         ("zca", 2): [0.4, 0.45, 0.6, 0.6],       # epoch 3
+        ("kmeans", 0): [0.1, 0.1, 0.5, 0.5],     # epoch 3: one sooner than default on
+        ("kmeans", 1): [0.5, 0.5, 0.5, 0.5],     # every seed, a difference without
+        ("kmeans", 2): [0.1, 0.1, 0.5, 0.5],     # variance: p undefined, not 0
     })
     runs = per_run(h, target, {("c", "pca", 0): 0.9})
     r = runs.set_index(["method", "seed"])
@@ -64,11 +67,14 @@ def test_epochs_to_target_and_paired_test_by_hand():
     assert t.loc["zca", "final_val_acc_p"] == pytest.approx(
         _paired_p([0.6, 0.6, 0.6], [0.6, 0.8, 0.52]))
     assert np.isnan(t.loc["default", "epochs_to_target_p"])
+    assert t.loc["kmeans", "epochs_to_target_pairs"] == 3
+    assert np.isnan(t.loc["kmeans", "epochs_to_target_p"])
 
     md = markdown(t.reset_index())
     assert "| c | pca | 2/3 |" in md and "| c | default | 3/3 | 3.33 ± 1.2 |" in md
     (line,) = verdict(t.reset_index())
     assert line.startswith("c: `default` 3/3 reached, 3.33 epochs. Sooner: zca (3/3")
+    assert "kmeans (3/3 reached, 2.33 epochs, p —)" in line
     assert "Not sooner: pca (2/3 reached" in line  # fewer runs reached it
 
 

@@ -73,7 +73,8 @@ def summarise(runs: pd.DataFrame, metrics: list[str], *,
             epoch count); the columns ``<metric>_n`` and ``<metric>_pairs`` say how many.
 
     Returns:
-        One row per group: its columns, ``seeds`` and ``<metric>_mean``, ``_std``, ``_p``.
+        One row per group: its columns, ``seeds`` and ``<metric>_mean``, ``_std``, ``_p``
+        (NaN for the baseline, fewer than two pairs, or differences that do not vary).
     """
     from scipy.stats import ttest_rel
 
@@ -101,7 +102,9 @@ def summarise(runs: pd.DataFrame, metrics: list[str], *,
                     ok = np.isfinite(a) & np.isfinite(c)
                     a, c = a[ok], c[ok]
                     row[f"{m}_pairs"] = len(a)
-                if len(a) > 1 and np.any(a != c):
+                # constant differences (all zero, or all equal as epoch counts often are)
+                # have no variance: t is 0/0 or infinite, so p is left undefined
+                if len(a) > 1 and np.ptp(a - c) > 0:
                     p = float(ttest_rel(a, c).pvalue)
             row[f"{m}_p"] = p
         rows.append(row)
