@@ -70,7 +70,9 @@ def write(cfg: InitStudyConfig, stages: Mapping[tuple[str, str, int], Stage], ou
         f"{cfg.target}. Epochs and seconds to target: mean ± std over the runs that reached "
         f"it (seconds include the initialisation); p: paired t-test against `{BASELINE}` "
         f"over the seeds where both reached it (two-sided; — where undefined). Final val: "
-        f"last epoch; test: the best-val checkpoint.\n\n{md}\n## Verdict per condition\n\n"
+        f"last epoch; test: the best-val checkpoint. A condition `fracF` trains on the "
+        f"stratified fraction F of the train split drawn with data.seed (the same images "
+        f"for every method and seed).\n\n{md}\n## Verdict per condition\n\n"
         + "".join(f"- {v}\n" for v in verdicts)))
     say(f"report: {folder}")
     for v in verdicts:
