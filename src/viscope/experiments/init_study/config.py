@@ -1,10 +1,10 @@
 """Configuration of ``viscope init-study`` (pydantic + YAML + ``--set`` overrides).
 
 >>> cfg = load_config(overrides={"seeds": [0]})
->>> [m.label for m in cfg.methods]
+>>> [m.tag for m in cfg.methods]
 ['default', 'pca', 'zca', 'kmeans', 'mimetic']
 >>> [c.tag for c in cfg.grid()]
-['frac0.2', 'frac1']
+['frac0.5', 'frac1']
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class ModelConfig(Section):
     """The model every method initialises (``viscope.models.create`` name and arguments)."""
 
     name: str = "test_vit"
-    args: dict[str, Any] = Field(default_factory=lambda: {"img_size": 32, "patch_size": 8})
+    args: dict[str, Any] = Field(default_factory=lambda: {
+        "img_size": 32, "patch_size": 8, "depth": 3, "global_pool": "avg"})
 
 
 class MethodConfig(Section):
@@ -57,7 +58,7 @@ class TrainConfig(Section):
 
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
 
@@ -120,7 +121,8 @@ class RunConfig(HardwareConfig):
 
 
 class InitStudyConfig(Section):
-    """Everything that defines an init study; written resolved into the run folder."""
+    """Everything that defines an init study; written resolved into the run folder. The
+    defaults are those of ``configs/init-demo.yaml``."""
 
     name: str = "init-study"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -130,10 +132,10 @@ class InitStudyConfig(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     train: TrainConfig = Field(default_factory=TrainConfig)
     #: validation accuracy whose first epoch is counted (in (0, 1])
-    target: float = 0.8
+    target: float = 0.5
     init: InitConfig = Field(default_factory=InitConfig)
     conditions: ConditionsConfig = Field(
-        default_factory=lambda: ConditionsConfig(train_fraction=[0.2, 1.0]))
+        default_factory=lambda: ConditionsConfig(train_fraction=[0.5, 1.0]))
     run: RunConfig = Field(default_factory=RunConfig)
 
     @field_validator("methods", mode="before")
