@@ -92,8 +92,17 @@ def test_bad_settings_are_one_line_errors(tmp_path):
                                    "conditions.patch_size": [4]}), tmp_path, log=None)
     with pytest.raises(ViscopeError, match="has no key 'epochz'"):
         load_config(overrides={"train.epochz": 2})
-    for err in (ViscopeError("x"),):
-        assert "\n" not in str(err)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    from viscope.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["init-study", "--set", "target=2", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert err.startswith("error: Config error at 'target'") and "(0, 1]" in err
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything was written
 
 
 def _tiny(**extra):
@@ -126,6 +135,9 @@ def test_study_end_to_end_tiny_resumes_and_table_agrees(tmp_path):
         first = [s.loc[s["val_acc"] >= cfg.target, "epoch"].min() + 1
                  for _, s in g.groupby("seed")]
         assert table.loc[(c, m), "reached"] == sum(np.isfinite(first))
+        reached = [e for e in first if np.isfinite(e)]
+        want = np.mean(reached) if reached else np.nan
+        assert table.loc[(c, m), "epochs_to_target_mean"] == pytest.approx(want, nan_ok=True)
     # pca wrote data filters: the saved initial filters differ from default's (same seed)
     f_pca = np.load(tmp_path / "frac1" / "pca-s0" / "filters.npz")
     f_def = np.load(tmp_path / "frac1" / "default-s0" / "filters.npz")
