@@ -118,7 +118,7 @@ def _cell(r: pd.Series, m: str) -> str:
     cell = "—" if not np.isfinite(mean) else (
         f"{mean:.3g}" if not np.isfinite(std) else f"{mean:.3g} ± {std:.2g}")
     if np.isfinite(p):
-        cell += f" (p = {p:.2f})"
+        cell += f" (p = {p:.2g})"
     return cell
 
 
@@ -151,7 +151,7 @@ def verdict(table: pd.DataFrame) -> list[str]:
             p = r["epochs_to_target_p"]
             what = (f"{r['method']} ({int(r['reached'])}/{int(r['seeds'])} reached, "
                     f"{_num(r['epochs_to_target_mean'])} epochs"
-                    + (f", p = {p:.2f}" if np.isfinite(p) else ", p —") + ")")
+                    + (f", p = {p:.2g}" if np.isfinite(p) else ", p —") + ")")
             (sooner if more or fewer else not_sooner).append(what)
         head = (f"{cond}: `{BASELINE}` {int(b['reached'])}/{int(b['seeds'])} reached, "
                 f"{_num(b['epochs_to_target_mean'])} epochs. ")
