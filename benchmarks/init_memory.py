@@ -11,7 +11,8 @@ own; the memory printed is that peak minus the resident memory after imports and
 construction (so the model, torch and the libraries are not counted).
 
 Cases:
-    demo   timm test_vit (img_size 32, patch_size 4) on built-in ``shapes``, 3,000 images.
+    demo   timm test_vit (img_size 32, patch_size 4) on built-in ``shapes`` (n 3,000: its
+           train split, 2,100 images).
     vits   vit_small_patch16_224 (random weights) on a synthetic 224 px dataset made on
            the fly (never held in memory): ``apply`` with the whole dataset (``--images``,
            default 50,000) against the baseline on ``--baseline-images`` of them (its
@@ -101,7 +102,7 @@ def _baseline(case: str, images: int) -> dict:
     caught.clear()
     PCA(n_components=min(conv.out_channels, patches.shape[1])).fit(patches)
     return {"seconds": time.perf_counter() - start, "mib": _rss_mib() - before,
-            "patches": int(patches.shape[0]), "images": images}
+            "patches": int(patches.shape[0]), "images": len(dataset)}
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -110,6 +111,10 @@ def _child(args: argparse.Namespace) -> None:
     run = _viscope if args.side == "viscope" else _baseline
     print(json.dumps(run(args.case, args.images, args.samples) if args.side == "viscope"
                      else run(args.case, args.images)))
+
+
+def _size(mib: float) -> str:
+    return f"{mib:.0f} MiB" if mib < 1024 else f"{mib / 1024:.1f} GiB"
 
 
 def _spawn(side: str, case: str, images: int, args: argparse.Namespace) -> dict:
@@ -143,13 +148,14 @@ def main() -> None:
         mine = _spawn("viscope", case, images, args)
         theirs = _spawn("baseline", case, base_images, args)
         per_image = theirs["mib"] / theirs["images"]
+        images = mine["images"]
         print(f"{case}: viscope.init.apply: {mine['images']} images, {mine['windows']} "
               f"windows seen, {mine['patches']} kept: {mine['seconds']:.1f} s, "
               f"+{mine['mib']:.0f} MiB peak")
         print(f"{case}: all patches + sklearn PCA: {theirs['images']} images, "
               f"{theirs['patches']} patches: {theirs['seconds']:.1f} s, "
-              f"+{theirs['mib']:.0f} MiB peak (≈ {per_image * images / 1024:.1f} GiB "
-              f"for {images} images)")
+              f"+{theirs['mib']:.0f} MiB peak (≈ {_size(per_image * images)} for {images} "
+              "images)")
         if theirs["images"] == mine["images"]:
             print(f"{case}: time ratio baseline/viscope {theirs['seconds'] / mine['seconds']:.2f}"
                   f"x, memory ratio {theirs['mib'] / max(mine['mib'], 1):.1f}x")
