@@ -22,6 +22,7 @@ from viscope.experiments.ssl_study.command import ssl_study
 from viscope.explain.command import explain
 from viscope.invariance.command import invariance
 from viscope.listing import list_app
+from viscope.report.command import report
 from viscope.train.command import train
 from viscope.train.ssl.command import pretrain
 from viscope.weakseg.command import weakseg
@@ -33,7 +34,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(list_app, name="list")
-for _command in (invariance, matrix, demo, train, pretrain, explain, weakseg, quality):
+for _command in (invariance, matrix, demo, train, pretrain, explain, weakseg, quality, report):
     app.command()(_command)
 app.command(name="ssl-study")(ssl_study)
 app.command(name="init-study")(init_study)
