@@ -299,3 +299,19 @@ def test_html_cli_writes_report_in_run_folder(train_run, capsys):
     main(["report", str(train_run)])
     assert (train_run / "report.html").is_file()
     assert "report.html" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_html_report_of_real_invariance_run(tmp_path, capsys):
+    """The real job's folder (not one written here): guards against format drift."""
+    out = tmp_path / "inv"
+    main(["invariance", "--model", "test_resnet", "--transform", "rotation,brightness",
+          "--samples", "8", "--params", "3", "--out", str(out), "--no-progress"])
+    main(["report", str(out)])
+    page = Page((out / "report.html").read_text())
+    csv = pd.read_csv(out / "nv_by_transform.csv")
+    assert len(page.table("nv per layer")["rows"]) == len(csv)
+    avg = page.table("Average nv")
+    assert {r[0]["text"]: float(r[1]["sort"]) for r in avg["rows"]} == pytest.approx(
+        {f: csv[f].mean() for f in ("rotation", "brightness")})
+    assert all(min(_decodes(s)) > 0 for s in page.images)
