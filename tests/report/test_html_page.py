@@ -315,3 +315,17 @@ def test_html_report_of_real_invariance_run(tmp_path, capsys):
     assert {r[0]["text"]: float(r[1]["sort"]) for r in avg["rows"]} == pytest.approx(
         {f: csv[f].mean() for f in ("rotation", "brightness")})
     assert all(min(_decodes(s)) > 0 for s in page.images)
+
+
+@pytest.mark.slow
+def test_html_matrix_command_writes_report(tmp_path, capsys):
+    """`viscope matrix` (and so `viscope demo`) ends with report.html and names it."""
+    out = tmp_path / "m"
+    main(["matrix", "--config", "matrix-demo", "--out", str(out),
+          "--set", 'models=[{"name":"test_efficientnet","label":"e"}]',
+          "--set", "train_families=[brightness,identity]", "--set", "eval_families=[rotation]",
+          "--set", "epochs=1", "--set", "n=60", "--set", "samples=4", "--set", "params=2"])
+    assert f"report:             {out / 'report.html'}" in capsys.readouterr().out
+    page = Page((out / "report.html").read_text())
+    inv = pd.read_csv(out / "e" / "invariance.csv")
+    assert len(page.table("e: NV (")["rows"]) == len(inv) == 2

@@ -29,6 +29,9 @@ def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progre
         out_console.print(f"  accuracy table:   {r.folder / 'accuracy.csv'} "
                       f"(heatmap {r.folder / 'accuracy.png'})")
         out_console.print(f"  summary:          {r.folder / 'summary.md'}")
+    from viscope.report.html import write_report  # one page of the whole run folder
+
+    out_console.print(f"\nreport:             {write_report([out])}")
 
 
 def matrix(
