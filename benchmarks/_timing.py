@@ -1,13 +1,23 @@
 """Timing of training epochs that the training benchmarks share (``train_throughput``,
-``pretrain_throughput``): a Lightning callback and the plain loops time the same span."""
+``pretrain_throughput``): a Lightning callback and the plain loops time the same span, the
+options, the data and the alternating comparison."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import statistics
+import sys
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from _common import check_device
 
+from viscope import data
 from viscope.train.callbacks import synchronize
 
 
@@ -41,3 +51,57 @@ def throughput(epochs: list[tuple[int, float]]) -> float:
     """Images/s over all epochs but the first (warm-up)."""
     timed = epochs[1:]
     return sum(i for i, _ in timed) / sum(s for _, s in timed)
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, models: str, batch_size: int) -> None:
+    """The options every training benchmark takes (models, data size, epochs, repeats,
+    device, seed, threads)."""
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--n", type=int, default=1000, help="training images")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
+    """Check the options, set the threads, and make the ``shapes`` train and val splits
+    (n / 0.7 items, so that the train split holds about n images)."""
+    device = check_device(args.device)
+    if args.epochs < 2:
+        sys.exit(f"--epochs must be at least 2 (the first is an untimed warm-up); got "
+                 f"{args.epochs}. Use --epochs 2 or more")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    total = round(args.n / 0.7)
+    return device, {s: data.create("shapes", split=s, n=total, seed=args.seed)
+                    for s in ("train", "val")}
+
+
+Run = Callable[[str], list[tuple[int, float]]]
+
+
+def compare(args: argparse.Namespace, splits: dict[str, Any], detail: str, plain: Run,
+            ours: Run, label: str) -> None:
+    """Time ``plain(model_name)`` and ``ours(model_name)`` alternately ``args.repeats``
+    times per model and print the medians' throughput and their ratio."""
+    print(
+        f"device={args.device} torch={torch.__version__} lightning={pl.__version__} "
+        f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f} | "
+        f"{len(splits['train'])} train images, batch {args.batch_size}, "
+        f"{len(splits['train']) // args.batch_size} steps/epoch, {args.epochs} epochs (first "
+        f"excluded), {detail}, {args.repeats} alternating repeats"
+    )
+    for name in args.models.split(","):
+        plain_runs, our_runs = [], []
+        for _ in range(args.repeats):
+            plain_runs.append(throughput(plain(name)))
+            our_runs.append(throughput(ours(name)))
+        a, b = statistics.median(plain_runs), statistics.median(our_runs)
+        print(f"{name:18s} plain {a:8.1f} img/s   {label} {b:8.1f} img/s   ratio {b / a:.3f}   "
+              f"(runs plain {[round(r) for r in plain_runs]}, {label} "
+              f"{[round(r) for r in our_runs]})")
+    print(f"load at end={os.getloadavg()[0]:.1f}")

@@ -24,20 +24,14 @@ Run:
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
 import tempfile
 import time
-import warnings
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
-from _common import check_device
-from _timing import EpochTimer, throughput
+from _timing import EpochTimer, add_run_args, compare, prepare
 
-from viscope import data, models
+from viscope import models
 from viscope.train import make_loader, make_optimizer
 from viscope.train.augment import mix_seed
 from viscope.train.callbacks import synchronize
@@ -108,47 +102,17 @@ def viscope_pretrain(model: torch.nn.Module, splits: dict[str, Any], *, method: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="test_vit")
+    add_run_args(parser, models="test_vit", batch_size=128)
     parser.add_argument("--method", default="simclr")
-    parser.add_argument("--n", type=int, default=1000, help="training images")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args()
-    device = check_device(args.device)
-    if args.epochs < 2:
-        sys.exit(f"--epochs must be at least 2 (the first is an untimed warm-up); got "
-                 f"{args.epochs}. Use --epochs 2 or more")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-
-    total = round(args.n / 0.7)  # the train split holds about n images
-    splits = {s: data.create("shapes", split=s, n=total, seed=args.seed) for s in ("train", "val")}
+    device, splits = prepare(args)
     k = len(splits["train"].classes)
     common = dict(method=args.method, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
                   weight_decay=0.05, seed=args.seed, device=device)
-    print(
-        f"device={device} torch={torch.__version__} lightning={pl.__version__} "
-        f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f} | "
-        f"{len(splits['train'])} train images, batch {args.batch_size}, "
-        f"{len(splits['train']) // args.batch_size} steps/epoch, {args.epochs} epochs (first "
-        f"excluded), method={args.method}, {args.repeats} alternating repeats"
-    )
-    for name in args.models.split(","):
-        plain_runs, ours = [], []
-        for _ in range(args.repeats):
-            plain_runs.append(throughput(
-                plain_loop(make_model(name, k, args.seed), splits["train"], **common)))
-            ours.append(throughput(
-                viscope_pretrain(make_model(name, k, args.seed), splits, **common)))
-        a, b = statistics.median(plain_runs), statistics.median(ours)
-        print(f"{name:18s} plain {a:8.1f} img/s   pretrain {b:8.1f} img/s   ratio {b / a:.3f}   "
-              f"(runs plain {[round(r) for r in plain_runs]}, pretrain {[round(r) for r in ours]})")
-    print(f"load at end={os.getloadavg()[0]:.1f}")
+    compare(args, splits, f"method={args.method}",
+            lambda name: plain_loop(make_model(name, k, args.seed), splits["train"], **common),
+            lambda name: viscope_pretrain(make_model(name, k, args.seed), splits, **common),
+            "pretrain")
 
 
 if __name__ == "__main__":

@@ -26,21 +26,15 @@ Run:
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
 import tempfile
 import time
-import warnings
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from _common import check_device
-from _timing import EpochTimer, throughput
+from _timing import EpochTimer, add_run_args, compare, prepare
 
-from viscope import data, models, transforms
+from viscope import models, transforms
 from viscope.train import BatchAugment, fit, make_loader, make_optimizer
 from viscope.train.augment import mix_seed
 from viscope.train.callbacks import synchronize
@@ -142,61 +136,17 @@ def viscope_fit(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="test_vit,test_resnet")
+    add_run_args(parser, models="test_vit,test_resnet", batch_size=64)
     parser.add_argument("--augment", default="rotation")
-    parser.add_argument("--n", type=int, default=1000, help="training images")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = parser.parse_args()
-    device = check_device(args.device)
-    if args.epochs < 2:
-        sys.exit(f"--epochs must be at least 2 (the first is an untimed warm-up); got "
-                 f"{args.epochs}. Use --epochs 2 or more")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", module="lightning")
-
-    # Split n / 0.7 items so that the train split holds about n images.
-    total = round(args.n / 0.7)
-    splits = {s: data.create("shapes", split=s, n=total, seed=args.seed) for s in ("train", "val")}
+    device, splits = prepare(args)
     k = len(splits["train"].classes)
-    common = dict(
-        augment=args.augment,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=1e-3,
-        weight_decay=0.05,
-        seed=args.seed,
-        device=device,
-    )
-    steps = len(splits["train"]) // args.batch_size
-    print(
-        f"device={device} torch={torch.__version__} lightning={pl.__version__} "
-        f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f} | "
-        f"{len(splits['train'])} train images, batch {args.batch_size}, {steps} steps/epoch, "
-        f"{args.epochs} epochs (first excluded), augment={args.augment}, "
-        f"{args.repeats} alternating repeats"
-    )
-    for name in args.models.split(","):
-        plain_runs, fit_runs = [], []
-        for _ in range(args.repeats):
-            plain_runs.append(
-                throughput(plain_loop(make_model(name, k, args.seed), splits["train"], **common))
-            )
-            fit_runs.append(
-                throughput(viscope_fit(make_model(name, k, args.seed), splits, **common))
-            )
-        plain_ips, fit_ips = statistics.median(plain_runs), statistics.median(fit_runs)
-        print(
-            f"{name:12s} plain {plain_ips:8.1f} img/s   viscope.fit {fit_ips:8.1f} img/s   "
-            f"ratio {fit_ips / plain_ips:.3f}   "
-            f"(runs plain {[round(r) for r in plain_runs]}, fit {[round(r) for r in fit_runs]})"
-        )
-    print(f"load at end={os.getloadavg()[0]:.1f}")
+    common = dict(augment=args.augment, epochs=args.epochs, batch_size=args.batch_size,
+                  lr=1e-3, weight_decay=0.05, seed=args.seed, device=device)
+    compare(args, splits, f"augment={args.augment}",
+            lambda name: plain_loop(make_model(name, k, args.seed), splits["train"], **common),
+            lambda name: viscope_fit(make_model(name, k, args.seed), splits, **common),
+            "viscope.fit")
 
 
 if __name__ == "__main__":
