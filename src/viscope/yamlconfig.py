@@ -26,14 +26,33 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from viscope.errors import ViscopeError, suggest
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+def _distinct(v: list) -> list:
+    if not v or len(set(v)) != len(v):
+        raise ValueError("expected a non-empty list, each entry once")
+    return v
+
+
+#: a list setting with at least one entry and no repeats (seeds, variants, grid values):
+#: ``seeds: Distinct[int] = Field(default_factory=lambda: [0, 1, 2])``
+Distinct = Annotated[list[T], AfterValidator(_distinct)]
 
 
 def read_yaml(path: str | Path, missing_hint: str = "") -> dict[str, Any]:

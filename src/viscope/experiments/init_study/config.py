@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from viscope.yamlconfig import HardwareConfig, Section, SplitDataConfig, load_job_config
+from viscope.yamlconfig import Distinct, HardwareConfig, Section, SplitDataConfig, load_job_config
 
 #: the method every other one is compared with (paired by seed)
 BASELINE = "default"
@@ -93,20 +93,12 @@ class ConditionsConfig(Section):
 
     #: fraction of the train split used for training (stratified, seeded by data.seed; the
     #: same subset for every method and seed, so runs differ only in their init)
-    train_fraction: list[float] = Field(default_factory=lambda: [1.0])
+    train_fraction: Distinct[float] = Field(default_factory=lambda: [1.0])
     #: ViT patch size passed to the model's ``patch_size`` (None: model.args); refused for
     #: models without a patch embedding
-    patch_size: list[int | None] = Field(default_factory=lambda: [None])
+    patch_size: Distinct[int | None] = Field(default_factory=lambda: [None])
     #: peak learning rate (None: train.lr)
-    lr: list[float | None] = Field(default_factory=lambda: [None])
-
-    @field_validator("train_fraction", "patch_size", "lr")
-    @classmethod
-    def _non_empty(cls, v: list) -> list:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("expected a non-empty list of distinct values (an empty list "
-                             "makes the grid empty)")
-        return v
+    lr: Distinct[float | None] = Field(default_factory=lambda: [None])
 
     @field_validator("train_fraction")
     @classmethod
@@ -129,7 +121,7 @@ class InitStudyConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     methods: list[MethodConfig] = Field(default_factory=lambda: [
         MethodConfig(name=m) for m in ("default", "pca", "zca", "kmeans", "mimetic")])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: Distinct[int] = Field(default_factory=lambda: [0, 1, 2])
     train: TrainConfig = Field(default_factory=TrainConfig)
     #: validation accuracy whose first epoch is counted (in (0, 1])
     target: float = 0.5
@@ -153,13 +145,6 @@ class InitStudyConfig(Section):
         if not v or len(set(tags)) != len(tags):
             raise ValueError("expected at least one method, each once (give a `label` to "
                              "tell one method with two option sets apart)")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("expected at least one seed, each once")
         return v
 
     @field_validator("target")

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from viscope.yamlconfig import HardwareConfig, Section, SplitDataConfig, load_job_config
+from viscope.yamlconfig import Distinct, HardwareConfig, Section, SplitDataConfig, load_job_config
 
 QUALITY_CLASSES = ["good", "usable", "reject"]
 
@@ -72,14 +72,7 @@ class TrainConfig(Section):
     #: also train the plain classifier (reconstruction weight 0, same encoder), the
     #: comparison the job exists for
     compare: bool = True
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-
-    @field_validator("seeds")
-    @classmethod
-    def _some(cls, v: list[int]) -> list[int]:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("expected at least one seed, each once")
-        return v
+    seeds: Distinct[int] = Field(default_factory=lambda: [0, 1, 2])
 
     @model_validator(mode="after")
     def _weights(self) -> TrainConfig:

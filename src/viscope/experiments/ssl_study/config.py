@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from viscope.experiments.config import ALL_FAMILIES
-from viscope.yamlconfig import HardwareConfig, Section, load_job_config
+from viscope.yamlconfig import Distinct, HardwareConfig, Section, load_job_config
 
 #: variants that are not SSL methods: cross-entropy alone, and with the reconstruction term
 PLAIN_VARIANTS = ("supervised", "recon")
@@ -94,20 +94,13 @@ class SSLStudyConfig(Section):
     backbones: list[BackboneConfig] = Field(default_factory=lambda: [
         BackboneConfig(name="test_vit", args={"img_size": 32, "patch_size": 8}),
         BackboneConfig(name="test_efficientnet")])
-    variants: list[str] = Field(default_factory=lambda: ["supervised", "recon", "simclr",
+    variants: Distinct[str] = Field(default_factory=lambda: ["supervised", "recon", "simclr",
                                                          "byol"])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: Distinct[int] = Field(default_factory=lambda: [0, 1, 2])
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     run: RunConfig = Field(default_factory=RunConfig)
-
-    @field_validator("seeds", "variants")
-    @classmethod
-    def _unique(cls, v: list) -> list:
-        if not v or len(set(v)) != len(v):
-            raise ValueError("expected at least one entry, each once")
-        return v
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
