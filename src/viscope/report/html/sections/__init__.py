@@ -1,6 +1,16 @@
 """The report's sections, one module per kind of run folder; importing this package
 registers them (a new job adds a module here and one import line)."""
 
-from viscope.report.html.sections import explain, invariance, matrix, ssl_study, train
+from viscope.report.html.sections import (
+    explain,
+    init_study,
+    invariance,
+    matrix,
+    quality,
+    ssl_study,
+    train,
+    weakseg,
+)
 
-__all__ = ["explain", "invariance", "matrix", "ssl_study", "train"]
+__all__ = ["explain", "init_study", "invariance", "matrix", "quality", "ssl_study", "train",
+           "weakseg"]
