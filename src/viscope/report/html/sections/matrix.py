@@ -121,31 +121,90 @@ def matrix_section(folder: Path) -> dict[str, Any]:
                                   "--out", folder)}
 
 
-@register_comparison("matrix")
-def matrix_comparison(folders: Sequence[Path]) -> dict[str, Any]:
-    """For each model tag in the first two matrices: the NV difference (second - first)
-    over their common rows and columns, as a heatmap and a table."""
+#: what a comparison shows: (file stem, name, lower is better, colour-bar label)
+COMPARED = (("invariance", "NV", True, "NV difference (negative: more invariant than the first)"),
+            ("accuracy", "accuracy", False,
+             "accuracy difference (positive: more accurate than the first)"))
+
+
+def _table(folder: Path, tag: str, stem: str) -> pd.DataFrame | None:
+    path = folder / tag / f"{stem}.csv"
+    if not path.is_file():
+        return None
+    return read_csv(path, f"{stem} table", ("train",)).set_index("train")
+
+
+def _left_out(a: pd.DataFrame, b: pd.DataFrame, an: str, bn: str) -> str:
+    """Which rows / columns only one of the two tables has (empty: none)."""
+    parts = []
+    for what, xs, ys in (("training families", a.index, b.index),
+                         ("evaluation columns", a.columns, b.columns)):
+        only_a, only_b = [x for x in xs if x not in ys], [y for y in ys if y not in xs]
+        if only_a:
+            parts.append(f"{what} only in {an}: {', '.join(map(str, only_a))}")
+        if only_b:
+            parts.append(f"{what} only in {bn}: {', '.join(map(str, only_b))}")
+    return "; ".join(parts)
+
+
+def difference(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """``b - a`` on the rows and columns both have, in ``a``'s order; ``average`` (the
+    job's mean over the evaluation columns) only where both average the same columns."""
+    rows = [r for r in a.index if r in b.index]
+    cols = [c for c in a.columns if c in b.columns]
+    if "average" in cols and [c for c in a.columns if c != "average"] != [
+            c for c in b.columns if c != "average"]:
+        cols.remove("average")
+    return b.loc[rows, cols] - a.loc[rows, cols]
+
+
+def _pair_blocks(a: Path, b: Path, tag: str) -> list[dict[str, Any]]:
     from viscope.report.tables import heatmap
 
-    a, b = folders[0], folders[1]
-    blocks = []
-    tags = [_tag(m) for m in _config(a)["models"]]
-    for tag in tags:
-        fa, fb = a / tag / "invariance.csv", b / tag / "invariance.csv"
-        if not (fa.is_file() and fb.is_file()):
-            blocks.append(text_block(f"{tag}: not finished in both {a.name} and {b.name}."))
+    blocks: list[dict[str, Any]] = []
+    for stem, name, low, bar in COMPARED:
+        ta, tb = _table(a, tag, stem), _table(b, tag, stem)
+        if ta is None or tb is None:
+            blocks.append(text_block(f"{tag}: {name} not finished in both {a.name} and "
+                                     f"{b.name}; no {name} difference."))
             continue
-        ta = read_csv(fa, "invariance table", ("train",)).set_index("train")
-        tb = read_csv(fb, "invariance table", ("train",)).set_index("train")
-        rows = [r for r in ta.index if r in tb.index]
-        cols = [c for c in ta.columns if c in tb.columns]
-        diff = tb.loc[rows, cols] - ta.loc[rows, cols]
+        diff = difference(ta, tb)
+        left = _left_out(ta, tb, a.name, b.name)
+        note = f"Compared on the shared rows and columns; left out: {left}." if left else ""
+        if diff.empty:
+            blocks.append(text_block(f"{tag}: {a.name} and {b.name} share no {name} cell "
+                                     f"({left})."))
+            continue
         with tempfile.TemporaryDirectory() as tmp:
-            png = heatmap(diff, Path(tmp) / "diff.png", title=f"{tag}: NV {b.name} - {a.name}",
-                          colorbar="NV difference (negative: second more invariant)")
-            blocks.append(png_block(png, f"{tag}: NV difference, {b.name} minus {a.name}"))
-        blocks.append(table_block(diff, f"{tag}: NV difference ({b.name} - {a.name})",
-                                  index=True, heat="low"))
-    note = [] if len(folders) == 2 else [text_block(
-        f"Differences between the first two of {len(folders)} matrices.")]
-    return {"title": f"Matrices compared: {b.name} - {a.name}", "blocks": note + blocks}
+            png = heatmap(diff, Path(tmp) / "diff.png", lower_is_better=low,
+                          title=f"{tag}: {name} {b.name} - {a.name}", colorbar=bar)
+            blocks.append(png_block(png, f"{tag}: {name} difference, {b.name} minus {a.name}"))
+        blocks.append(table_block(diff, f"{tag}: {name} difference ({b.name} - {a.name})",
+                                  index=True, heat="low" if low else "high", note=note))
+    return blocks
+
+
+@register_comparison("matrix")
+def matrix_comparison(folders: Sequence[Path]) -> dict[str, Any]:
+    """Each matrix after the first against the first: for each model tag of the first,
+    the NV and the accuracy difference (that one minus the first) over their shared rows
+    and columns, as a heatmap and a table; the rows and columns left out are named."""
+    first, others = folders[0], list(folders[1:])
+    tags = [_tag(m) for m in _config(first)["models"]]
+    blocks = [text_block(
+        f"Each of {', '.join(o.name for o in others)} minus {first.name} (the first "
+        "folder); NV: negative is more invariant; accuracy: positive is more accurate.")]
+    for other in others:
+        theirs = [_tag(m) for m in _config(other)["models"]]
+        for tag in tags:
+            if tag not in theirs:
+                blocks.append(text_block(f"{tag}: not in {other.name} (its models: "
+                                         f"{', '.join(theirs)}); left out."))
+                continue
+            blocks += _pair_blocks(first, other, tag)
+        extra = [t for t in theirs if t not in tags]
+        if extra:
+            blocks.append(text_block(f"{other.name}: models not in {first.name}, left out: "
+                                     f"{', '.join(extra)}."))
+    names = ", ".join(o.name for o in others)
+    return {"title": f"Matrices compared: {names} - {first.name}", "blocks": blocks}
