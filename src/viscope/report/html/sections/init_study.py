@@ -7,6 +7,7 @@ not all finished shows the table of the finished ones (computed by the job's own
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def _so_far(folder: Path, runs: list[tuple[str, str, int]], target: float) -> pd
     if not parts:
         return pd.DataFrame()
     history = pd.concat(parts, ignore_index=True)[HISTORY]
-    return summarise_runs(per_run(history, target))
+    with warnings.catch_warnings():  # a group where no run reached the target: NaN, said
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return summarise_runs(per_run(history, target))
 
 
 @register_section("init-study", detect=_is_init_study)
@@ -84,9 +87,11 @@ def init_study_section(folder: Path) -> dict[str, Any]:
     names = [f"{c}/{m}-s{s}" for c, m, s in runs]
     rerun = command_line("viscope", "init-study", "--config", folder / "config.yaml",
                          "--out", folder)
-    missing = missing_stages(folder, names)
     rep = folder / "report"
-    if not missing and (rep / "table.csv").is_file():
+    # the report has no stage.json (init_study.report writes it after every run)
+    missing = missing_stages(folder, names) + ([] if (rep / "table.csv").is_file()
+                                               else ["report"])
+    if not missing:
         blocks = [csv_table(rep / "table.csv", "study table",
                             "Per condition and method: mean, std and paired p against "
                             "default", ("condition", "method"),
@@ -100,8 +105,6 @@ def init_study_section(folder: Path) -> dict[str, Any]:
         blocks.append(csv_table(rep / "history.csv", "per-epoch history",
                                 "Every epoch of every run", ("condition", "method", "seed")))
     else:
-        if not missing:  # every training finished, the report stage not yet
-            missing = ["report"]
         table = _so_far(folder, runs, float(cfg["target"]))
         blocks = [table_block(table, "Table of the finished runs so far")] if len(table) \
             else [text_block("No training finished yet.")]
