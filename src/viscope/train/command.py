@@ -92,6 +92,7 @@ def train(
     """Train a model (best checkpoint on validation); settings from --config and options."""
     from viscope.train import fit
     from viscope.train.config import load_train_config
+    from viscope.train.distributed import is_main
 
     given = {name: value for name, value in ctx.params.items()
              if name not in _NOT_SETTINGS and _given(ctx, name)}
@@ -110,7 +111,8 @@ def train(
               **kwargs)
     score = f"best {res.monitor} {res.best_score:.3f}" if res.best_score is not None else ""
     test = "" if res.test_acc is None else f", test accuracy {res.test_acc:.3f}"
-    console().print(f"{score}{test}; checkpoint {res.checkpoint}")
+    if is_main():  # under DDP every rank runs this command; one line, from rank 0
+        console().print(f"{score}{test}; checkpoint {res.checkpoint}")
 
 
 #: Options that are not settings of the run.
