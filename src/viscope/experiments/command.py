@@ -11,19 +11,39 @@ from viscope.cli_common import Overrides, config_path, console, parse_kv
 from viscope.errors import ViscopeError
 
 
-def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progress: bool) -> None:
+def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progress: bool,
+                       shard: str | None = None, balance: str = "index",
+                       lock_timeout: float | None = None, collect: bool = False) -> None:
     """Run the matrix of ``config`` (a file or a shipped name) into ``out`` and say where the
-    tables are."""
+    tables are (``shard``, ``balance``, ``lock_timeout``, ``collect``: see
+    :func:`viscope.experiments.run_matrix`)."""
     from viscope.experiments import load_config, run_matrix
+    from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, parse_shard
 
+    k, n = parse_shard(shard)  # a bad --shard fails before any work
+    if lock_timeout is not None and not lock_timeout > 0:
+        raise ViscopeError(f"Expected --lock-timeout > 0 seconds; got {lock_timeout}. It is how "
+                           f"long a dead worker's unit stays locked (default "
+                           f"{DEFAULT_LOCK_TIMEOUT:.0f}).")
+    if collect and not out.is_dir():
+        raise ViscopeError(f"Expected --out to be an existing run folder for --collect; got "
+                           f"{out}, which does not exist. Give the folder the workers write.")
     cfg = load_config(config_path(config), overrides)
     out_console = console()
+    part = " (collect: running nothing)" if collect else (f" (shard {k}/{n})" if n > 1 else "")
     out_console.print(f"[bold]{cfg.name}[/]: {len(cfg.models)} model(s) × "
                   f"{len(cfg.train_families)} training families × {len(cfg.eval_families)} "
-                  f"evaluation families → {out}/")
-    results = run_matrix(cfg, out, log=out_console.print, progress=progress)
+                  f"evaluation families → {out}/{part}")
+    results = run_matrix(cfg, out, log=out_console.print, progress=progress, shard=shard,
+                         balance=balance, collect=collect,
+                         lock_timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
     for tag, r in results.items():
         out_console.print(f"\n[bold]{tag}[/]: trained {r.trained}, measured {r.measured} new cells")
+        if r.left:
+            out_console.print(f"  left to other workers: {', '.join(r.left)}")
+        if r.missing:
+            out_console.print(f"  missing {len(r.missing)} unit(s) (partial tables; listed in "
+                              f"{r.folder / 'missing.txt'}): {', '.join(r.missing)}")
         out_console.print(f"  invariance table: {r.folder / 'invariance.csv'} "
                       f"(heatmap {r.folder / 'invariance.png'})")
         out_console.print(f"  accuracy table:   {r.folder / 'accuracy.csv'} "
@@ -44,6 +64,19 @@ def matrix(
                                       "dataset)")] = None,
     set_: Overrides = None,
     progress: Annotated[bool, typer.Option(help="show training progress bars")] = False,
+    shard: Annotated[str | None, typer.Option(
+        help="k/n: run only this worker's share of the units (model × family × seed); "
+             "workers share --out, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
+    )] = None,
+    balance: Annotated[str, typer.Option(
+        help="how --shard divides the units: index (unit i to shard i mod n) or cost "
+             "(greedy by estimated cost)")] = "index",
+    lock_timeout: Annotated[float | None, typer.Option(
+        help="seconds without heartbeat after which a unit locked by a dead worker is "
+             "taken over (default 600)")] = None,
+    collect: Annotated[bool, typer.Option(
+        "--collect", help="run nothing: tabulate what is finished in --out and list the "
+                          "missing units")] = False,
 ) -> None:
     """Train one model per augmentation family and measure each against every family."""
     overrides = parse_kv(set_, "--set")
@@ -52,7 +85,7 @@ def matrix(
             raise ViscopeError(f"--dataset-root {dataset_root} does not exist; give a folder "
                                f"in ImageFolder layout (root/<class>/<image>) or a CSV file.")
         overrides["dataset"] = dataset_root
-    run_matrix_command(config, out, overrides, progress)
+    run_matrix_command(config, out, overrides, progress, shard, balance, lock_timeout, collect)
 
 
 def demo(

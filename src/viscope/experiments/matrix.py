@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 import yaml
 
 from viscope.experiments.config import MatrixConfig, ModelConfig
+from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, Unit, run_units, select
 from viscope.io import atomic_write_json, atomic_write_text, environment
 from viscope.report import write_table_set
 
@@ -37,7 +39,12 @@ Log = Callable[[str], None]
 
 @dataclass
 class MatrixResult:
-    """The tables of one model's matrix (means over seeds, and standard deviations)."""
+    """The tables of one model's matrix (means over seeds, and standard deviations).
+
+    ``missing`` lists the units (``<model>/<family>/seed<k>``) not finished yet, also
+    written one per line to ``missing.txt`` in the model's folder (absent when complete);
+    ``left`` the units this worker left to others that were running them.
+    """
 
     model: str
     folder: Path
@@ -47,6 +54,8 @@ class MatrixResult:
     accuracy_std: pd.DataFrame | None
     trained: int
     measured: int
+    missing: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
 
 
 def _device(cfg: MatrixConfig) -> str:
@@ -55,20 +64,88 @@ def _device(cfg: MatrixConfig) -> str:
 
 
 def run_matrix(cfg: MatrixConfig, out: str | Path, *, log: Log | None = print,
-               progress: bool = True) -> dict[str, MatrixResult]:
+               progress: bool = True, shard: str | None = None, balance: str = "index",
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+               collect: bool = False) -> dict[str, MatrixResult]:
     """Train, measure and tabulate every model of ``cfg`` into ``out`` (resumable).
+
+    The study is a list of units, one per model × training family × seed (its training
+    and its measured cells), in the order models, seeds, families. Several workers may
+    share ``out``: each runs the units of its ``shard`` (see
+    :func:`viscope.experiments.units.select`) under a lock per unit, then tabulates what
+    is finished. A unit's seeds depend only on the unit, never on the shard layout.
+
+    Args:
+        cfg: the study.
+        out: the run folder (re-running resumes it).
+        log: receives one line per event (``None``: silent).
+        progress: show training progress bars.
+        shard: ``"k/n"``: run only the k-th of n shares of the units (all when ``None``).
+        balance: ``"index"`` (index ≡ k mod n) or ``"cost"`` (greedy by estimated cost).
+        lock_timeout: seconds without heartbeat after which a unit's lock is a dead
+            worker's and taken over.
+        collect: run nothing; tabulate what is finished and list what is missing.
 
     Returns:
         The :class:`MatrixResult` of each model, keyed by its folder name.
+
+    Raises:
+        ViscopeError: a bad ``shard`` or ``balance``.
     """
     out = Path(out)
+    log = log or (lambda s: None)
+    runs: dict[str, _ModelRun] = {}
+    units = matrix_units(cfg, out, log, progress, runs)
+    mine = [] if collect else select(units, shard, balance)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    atomic_write_json(out / "environment.json", environment())
+    if not collect:
+        atomic_write_text(out / "config.yaml",
+                          yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        atomic_write_json(out / "environment.json", environment())
+    work = run_units(mine, out, timeout=lock_timeout, log=log)
     results = {}
     for mc in cfg.models:
-        results[mc.tag] = _run_model(cfg, mc, out / mc.tag, log or (lambda s: None), progress)
+        ran = [work.results[u] for u in work.ran if u.startswith(f"{mc.tag}/")]
+        ours = [u for u in units if u.id.startswith(f"{mc.tag}/")]
+        missing = [u.id for u in ours if not u.done()]
+        while True:
+            res = _tabulate(cfg, mc, out / mc.tag, sum(r[0] for r in ran),
+                            sum(r[1] for r in ran), len(runs[mc.tag].splits["train"].classes),
+                            missing)
+            # another worker finished a unit while we tabulated: our tables may have
+            # replaced its complete ones, so tabulate again (the last writer sees all)
+            now = [u.id for u in ours if not u.done()]
+            if now == missing:
+                break
+            missing = now
+        res.left = [u for u in work.left if u.startswith(f"{mc.tag}/")]
+        results[mc.tag] = res
     return results
+
+
+def matrix_units(cfg: MatrixConfig, out: str | Path, log: Log | None = None,
+                 progress: bool = False, runs: dict | None = None) -> list[Unit]:
+    """The units of the study in their fixed order: models, then seeds, then families.
+
+    ``runs``, when given, receives each model's runner by tag (its data, loaded once).
+
+    A unit's cost estimate is its epochs plus a tenth of an epoch per measured cell (a
+    relative figure for the balanced assignment; it depends on the config only, so every
+    worker computes the same assignment).
+    """
+    out = Path(out)
+    units = []
+    for mc in cfg.models:
+        ctx = _ModelRun(cfg, mc, out / mc.tag, log or (lambda s: None), progress)
+        if runs is not None:
+            runs[mc.tag] = ctx
+        for seed in cfg.seeds:
+            for fam in cfg.train_families:
+                cost = (mc.epochs or cfg.epochs) + 0.1 * (len(cfg.eval_families) + 1)
+                units.append(Unit(f"{mc.tag}/{fam}/seed{seed}", len(units), cost,
+                                  run=partial(ctx.run, fam, seed),
+                                  done=partial(ctx.done, fam, seed)))
+    return units
 
 
 def _splits(cfg: MatrixConfig) -> dict:
@@ -106,105 +183,135 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _run_model(cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
-               progress: bool) -> MatrixResult:
-    from viscope import models
-    from viscope.invariance import measure
-    from viscope.train import evaluate, fit
-    from viscope.train.run import RunMismatch
+class _ModelRun:
+    """One model's units: what they need (data, loaded once) and how each runs."""
 
-    splits = _splits(cfg)
-    classes = len(splits["train"].classes)
-    device = _device(cfg)
-    total = len(cfg.seeds) * len(cfg.train_families) * (len(cfg.eval_families) + 1)
-    done = trained = measured = 0
-    measure_in = _plain(_measure_inputs(cfg))
-    for seed in cfg.seeds:
-        for fam in cfg.train_families:
-            tdir = folder / "train" / fam / f"seed{seed}"
-            cdir = folder / "cells" / fam / f"seed{seed}"
-            train_in = _plain(_train_inputs(cfg, mc, fam, seed))
-            inputs = {e: {"train": train_in} if e == "clean"
-                      else {"train": train_in, "measure": measure_in}
-                      for e in ["clean", *cfg.eval_families]}
-            todo = [e for e, want in inputs.items()
-                    if (_read_json(cdir / f"{e}.json") or {}).get("inputs") != want]
-            done += len(cfg.eval_families) + 1 - len(todo)  # finished in an earlier run
-            if not todo:
-                continue
-            # a training made with other settings is replaced (fit would refuse the folder)
-            stored = _read_json(tdir / "inputs.json")
-            stale = stored is not None and stored != train_in
-            if stored != train_in:
-                atomic_write_json(tdir / "inputs.json", train_in)
-            before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
-                else None
+    def __init__(self, cfg: MatrixConfig, mc: ModelConfig, folder: Path, log: Log,
+                 progress: bool) -> None:
+        self.cfg, self.mc, self.folder, self.log, self.progress = cfg, mc, folder, log, progress
+        self.measure_in = _plain(_measure_inputs(cfg))
+        self._splits: dict | None = None
+
+    @property
+    def splits(self) -> dict:
+        if self._splits is None:  # built on first use: --collect and finished units skip it
+            self._splits = _splits(self.cfg)
+        return self._splits
+
+    def inputs(self, fam: str, seed: int) -> dict[str, dict]:
+        """The recorded inputs each cell of the unit (fam, seed) must match."""
+        train_in = _plain(_train_inputs(self.cfg, self.mc, fam, seed))
+        return {e: {"train": train_in} if e == "clean"
+                else {"train": train_in, "measure": self.measure_in}
+                for e in ["clean", *self.cfg.eval_families]}
+
+    def todo(self, fam: str, seed: int) -> list[str]:
+        """The unit's cells that are missing or were made from other inputs."""
+        cdir = self.folder / "cells" / fam / f"seed{seed}"
+        return [e for e, want in self.inputs(fam, seed).items()
+                if (_read_json(cdir / f"{e}.json") or {}).get("inputs") != want]
+
+    def done(self, fam: str, seed: int) -> bool:
+        return not self.todo(fam, seed)
+
+    def run(self, fam: str, seed: int) -> tuple[int, int]:
+        """Train (or reuse) the unit's model and measure its unfinished cells.
+
+        Returns:
+            ``(trained, measured)``: 1 when a training ran, and the number of new cells.
+        """
+        from viscope import models
+        from viscope.invariance import measure
+        from viscope.train import evaluate, fit
+        from viscope.train.run import RunMismatch
+
+        cfg, mc, log, splits = self.cfg, self.mc, self.log, self.splits
+        classes = len(splits["train"].classes)
+        device = _device(cfg)
+        tdir = self.folder / "train" / fam / f"seed{seed}"
+        cdir = self.folder / "cells" / fam / f"seed{seed}"
+        inputs = self.inputs(fam, seed)
+        train_in = inputs["clean"]["train"]
+        todo = self.todo(fam, seed)
+        trained = measured = 0
+        if not todo:
+            return trained, measured
+        # a training made with other settings is replaced (fit would refuse the folder)
+        stored = _read_json(tdir / "inputs.json")
+        stale = stored is not None and stored != train_in
+        if stored != train_in:
+            atomic_write_json(tdir / "inputs.json", train_in)
+        before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
+            else None
+        t0 = time.perf_counter()
+
+        def train(overwrite: bool):
+            torch.manual_seed(seed)  # the initial weights follow the seed too
+            net = models.create(mc.name, num_classes=classes, **mc.args)
+            return fit(net, splits, augment=None if fam == "identity" else fam,
+                       epochs=mc.epochs or cfg.epochs, batch_size=cfg.batch_size,
+                       lr=mc.lr or cfg.lr, weight_decay=cfg.weight_decay,
+                       augment_p=cfg.augment_p, seed=seed, out=tdir,
+                       accelerator=cfg.accelerator, devices=cfg.devices,
+                       precision=cfg.precision, num_workers=cfg.num_workers,
+                       progress=self.progress, overwrite=overwrite)
+
+        try:
+            res = train(stale)
+        except RunMismatch as err:
+            if stored is not None:  # recorded as ours: fit should have agreed
+                raise
+            # a training folder without inputs.json (an older viscope's, or copied in)
+            # made with other settings: replaced, as a recorded one would be
+            log(f"{mc.tag} · {tdir} holds a training with other settings; training "
+                f"again ({'; '.join(err.differences[:3])})")
+            res = train(True)
+        after = (tdir / "best.pt").stat().st_mtime_ns
+        if after != before:
+            trained += 1
+            log(f"{mc.tag} · trained with {fam} (seed {seed}) in "
+                f"{time.perf_counter() - t0:.0f} s: val acc {res.best_val_acc:.3f}, "
+                f"test acc {res.test_acc:.3f}")
+        model = models.create(tdir / "best.pt").to(device)
+        for ev in todo:
             t0 = time.perf_counter()
-
-            def train(overwrite: bool, fam=fam, seed=seed, tdir=tdir):
-                torch.manual_seed(seed)  # the initial weights follow the seed too
-                net = models.create(mc.name, num_classes=classes, **mc.args)
-                return fit(net, splits, augment=None if fam == "identity" else fam,
-                           epochs=mc.epochs or cfg.epochs, batch_size=cfg.batch_size,
-                           lr=mc.lr or cfg.lr, weight_decay=cfg.weight_decay,
-                           augment_p=cfg.augment_p, seed=seed, out=tdir,
-                           accelerator=cfg.accelerator, devices=cfg.devices,
-                           precision=cfg.precision, num_workers=cfg.num_workers,
-                           progress=progress, overwrite=overwrite)
-
-            try:
-                res = train(stale)
-            except RunMismatch as err:
-                if stored is not None:  # recorded as ours: fit should have agreed
-                    raise
-                # a training folder without inputs.json (an older viscope's, or copied in)
-                # made with other settings: replaced, as a recorded one would be
-                log(f"{mc.tag} · {tdir} holds a training with other settings; training "
-                    f"again ({'; '.join(err.differences[:3])})")
-                res = train(True)
-            after = (tdir / "best.pt").stat().st_mtime_ns
-            if after != before:
-                trained += 1
-                log(f"{mc.tag} · trained with {fam} (seed {seed}) in "
-                    f"{time.perf_counter() - t0:.0f} s: val acc {res.best_val_acc:.3f}, "
-                    f"test acc {res.test_acc:.3f}")
-            model = models.create(tdir / "best.pt").to(device)
-            for ev in todo:
-                t0 = time.perf_counter()
-                if ev == "clean":
-                    cell = {"accuracy": evaluate(model, splits["test"], device=device,
-                                                 seed=seed)}
-                else:
-                    r = measure(model, splits["test"], ev, samples=cfg.samples,
-                                params=cfg.params, layers=cfg.layers,
-                                batch_size=cfg.measure_batch_size, device=device, seed=seed)
-                    acc = evaluate(model, splits["test"], transform=ev,
-                                   params=cfg.accuracy_params, device=device, seed=seed)
-                    cell = {"nv": r.average(), "accuracy": acc,
-                            "per_layer": dict(zip(r.layers, r.per_layer()["nv"].tolist(),
-                                                  strict=True))}
-                cell.update(model=mc.name, train=fam, eval=ev, seed=seed,
-                            seconds=time.perf_counter() - t0, inputs=inputs[ev])
-                atomic_write_json(cdir / f"{ev}.json", cell)
-                measured += 1
-                done += 1
-                if ev != "clean":
-                    log(f"[{done}/{total}] {mc.tag} · train {fam} · eval {ev}: "
-                        f"NV {cell['nv']:.3f}, accuracy {cell['accuracy']:.3f}")
-    return _tabulate(cfg, mc, folder, trained, measured, classes)
+            if ev == "clean":
+                cell = {"accuracy": evaluate(model, splits["test"], device=device, seed=seed)}
+            else:
+                r = measure(model, splits["test"], ev, samples=cfg.samples,
+                            params=cfg.params, layers=cfg.layers,
+                            batch_size=cfg.measure_batch_size, device=device, seed=seed)
+                acc = evaluate(model, splits["test"], transform=ev,
+                               params=cfg.accuracy_params, device=device, seed=seed)
+                cell = {"nv": r.average(), "accuracy": acc,
+                        "per_layer": dict(zip(r.layers, r.per_layer()["nv"].tolist(),
+                                              strict=True))}
+            cell.update(model=mc.name, train=fam, eval=ev, seed=seed,
+                        seconds=time.perf_counter() - t0, inputs=inputs[ev])
+            atomic_write_json(cdir / f"{ev}.json", cell)
+            measured += 1
+            if ev != "clean":
+                log(f"{mc.tag} · train {fam} (seed {seed}) · eval {ev}: "
+                    f"NV {cell['nv']:.3f}, accuracy {cell['accuracy']:.3f}")
+        return trained, measured
 
 
-def _collect(cfg: MatrixConfig, folder: Path) -> pd.DataFrame:
+def _collect(cfg: MatrixConfig, mc: ModelConfig, folder: Path) -> pd.DataFrame:
+    """The finished cells; one that records other inputs than ``cfg``'s is left out (a
+    stale cell waiting to be measured again), one without a record is kept (written by an
+    older viscope, or by hand)."""
+    run = _ModelRun(cfg, mc, folder, lambda s: None, False)
     rows = []
     for fam in cfg.train_families:
         for seed in cfg.seeds:
+            want = run.inputs(fam, seed)
             for ev in ["clean", *cfg.eval_families]:
-                p = folder / "cells" / fam / f"seed{seed}" / f"{ev}.json"
-                if p.exists():
-                    c = json.loads(p.read_text())
+                c = _read_json(folder / "cells" / fam / f"seed{seed}" / f"{ev}.json")
+                if c is not None and c.get("inputs", want[ev]) == want[ev]:
                     rows.append({"train": fam, "eval": ev, "seed": seed,
                                  "nv": c.get("nv", np.nan), "accuracy": c["accuracy"]})
-    return pd.DataFrame(rows, columns=["train", "eval", "seed", "nv", "accuracy"])
+    return pd.DataFrame(rows, columns=["train", "eval", "seed", "nv", "accuracy"]).astype(
+        {"nv": "float64", "accuracy": "float64"})
 
 
 def _pivot(cells: pd.DataFrame, value: str, rows: list[str], cols: list[str]):
@@ -222,12 +329,14 @@ def _pivot(cells: pd.DataFrame, value: str, rows: list[str], cols: list[str]):
 
 
 def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
-              measured: int, classes: int | None = None) -> MatrixResult:
-    cells = _collect(cfg, folder)
+              measured: int, classes: int | None = None,
+              missing: list[str] | None = None) -> MatrixResult:
+    cells = _collect(cfg, mc, folder)
     rows, evs = cfg.train_families, cfg.eval_families
     inv, inv_std, per_seed = _pivot(cells[cells["eval"] != "clean"], "nv", rows, evs)
-    # average over evaluation families per seed, then mean/std over seeds
-    avg = per_seed.reindex(columns=evs).mean(axis=1).groupby(level="train")
+    # average over evaluation families per seed (missing while a family is unmeasured:
+    # a partial table must not show an average of fewer columns), then mean/std over seeds
+    avg = per_seed.reindex(columns=evs).mean(axis=1, skipna=False).groupby(level="train")
     inv["average"] = avg.mean().reindex(rows)
     if inv_std is not None:
         inv_std["average"] = avg.std(ddof=1).reindex(rows)
@@ -242,18 +351,30 @@ def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
                     title=f"Test accuracy under each transformation · {what}{seeds}",
                     colorbar="accuracy (fraction correct)", lower_is_better=False)
     atomic_write_text(folder / "summary.md", summary(inv, acc, mc.label or mc.name, cfg,
-                                                         mc.epochs or cfg.epochs, classes))
-    return MatrixResult(mc.tag, folder, inv, inv_std, acc, acc_std, trained, measured)
+                                                         mc.epochs or cfg.epochs, classes,
+                                                         missing))
+    missing_file = folder / "missing.txt"
+    if missing:
+        atomic_write_text(missing_file, "\n".join(missing) + "\n")
+    else:
+        missing_file.unlink(missing_ok=True)
+    return MatrixResult(mc.tag, folder, inv, inv_std, acc, acc_std, trained, measured,
+                        list(missing or []))
 
 
 def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
-            epochs: int | None = None, classes: int | None = None) -> str:
-    """A short, number-backed reading of the two tables."""
+            epochs: int | None = None, classes: int | None = None,
+            missing: list[str] | None = None) -> str:
+    """A short, number-backed reading of the two tables (``missing``: the unfinished
+    units of a partial matrix, said first)."""
     epochs = epochs or cfg.epochs
     lines = [f"# Invariance matrix: {name}", "",
              f"Dataset `{cfg.dataset}` at {cfg.image_size} px; {epochs} epochs per model; "
              f"NV from {cfg.samples} test samples × {cfg.params} parameter values; "
              f"seeds {cfg.seeds}. Lower NV = more invariant.", ""]
+    if missing:
+        lines += [f"**Partial**: {len(missing)} unit(s) not finished yet (listed in "
+                  f"missing.txt); their cells are blank and nothing below counts them.", ""]
     evs = [c for c in inv.columns if c != "average"]
     tol = 1e-6
     # NV below 1e-3 for every model: float rounding of a transformation that is the
@@ -264,7 +385,9 @@ def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
                      f"these images (e.g. grayscale on gray images), so the column says nothing "
                      f"about training.")
     if "identity" in inv.index:
-        diag = [e for e in evs if e in inv.index and e not in noop]
+        # a partial matrix (--collect) compares only the cells measured so far
+        diag = [e for e in evs if e in inv.index and e not in noop
+                and pd.notna(inv.loc[e, e]) and pd.notna(inv.loc["identity", e])]
         lower = [e for e in diag if inv.loc[e, e] < inv.loc["identity", e] - tol]
         lines.append(f"- Training with a family lowered NV to that family (diagonal cell below "
                      f"the identity-trained model's) in **{len(lower)} of {len(diag)}** columns"
@@ -293,12 +416,13 @@ def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
             lines.append(f"- Near chance (clean accuracy < 1.5 × 1/{classes}): "
                          f"{', '.join(weak)} — these models did not learn the task, so their "
                          f"NV describes an untrained network more than an invariance.")
-    if "clean" in acc.columns:
+    if "clean" in acc.columns and acc["clean"].notna().any():
         clean = acc["clean"]
         lines.append(f"- Clean test accuracy ranges from {clean.min():.3f} "
                      f"({clean.idxmin()}) to {clean.max():.3f} ({clean.idxmax()}).")
-        if "identity" in acc.index:
-            drops = acc.loc["identity", evs] - acc.loc["identity", "clean"]
+        drops = acc.loc["identity", evs] - acc.loc["identity", "clean"] \
+            if "identity" in acc.index else pd.Series(dtype=float)
+        if drops.notna().any():
             lines.append(f"- The identity-trained model loses most accuracy under "
                          f"{drops.idxmin()} ({drops.min():+.3f}).")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,312 @@
+"""Work units of a study, shared by many workers: shards, lock files with a heartbeat.
+
+A study (the matrix now; the other studies as they adopt it) is a list of :class:`Unit`
+in a deterministic order, each with a stable id (``vit/rotation/seed0``). Workers (array
+tasks of a scheduler, processes on one node) share one run folder:
+
+- ``--shard k/n`` gives a worker the units whose index is ``k mod n`` (:func:`select`), or
+  a greedy balanced share by estimated cost;
+- a unit is claimed with a lock file ``OUT/.locks/<id>.lock`` (:class:`UnitLock`), so two
+  workers never run it together, and a dead worker's unit is taken over after a timeout;
+- a finished unit (its ``done()`` says so) is never claimed again.
+
+The lock protocol (written here because no scheduler-independent library does file
+locks with takeover on a shared, possibly networked, file system; ``fcntl`` locks are
+unreliable over NFS and die silently with the node):
+
+1. claim: ``os.open(lock, O_CREAT | O_EXCL)``, write ``{owner, token, started, heartbeat}``;
+2. a daemon thread rewrites ``heartbeat`` (atomic replace) every ``timeout / 4`` seconds;
+3. a lock whose heartbeat is older than ``timeout`` belongs to a dead worker: a taker
+   renames it to a unique name (only one rename of one file can succeed), checks that
+   the file it moved is still the stale one (else it puts it back), deletes it and claims
+   afresh with ``O_EXCL`` (so of two racing takers exactly one wins);
+4. the lock is deleted when the unit finishes or raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from viscope.errors import ViscopeError
+from viscope.io import atomic_write_json
+
+DEFAULT_LOCK_TIMEOUT = 600.0
+LOCKS = ".locks"
+BALANCES = ("index", "cost")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a study that one worker runs at a time.
+
+    Attributes:
+        id: stable name, also the lock's path under ``OUT/.locks`` (``vit/rotation/seed0``).
+        index: position in the study's deterministic order (what ``--shard`` divides).
+        cost: estimated relative cost, for the balanced assignment (only its ratios count).
+        run: runs the unit (training and measurements); its return value is kept.
+        done: ``True`` when the unit's outputs exist and match the current settings.
+    """
+
+    id: str
+    index: int
+    cost: float = 1.0
+    run: Callable[[], Any] = field(default=lambda: None, compare=False, repr=False)
+    done: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """``"k/n"`` as ``(k, n)`` with ``0 <= k < n``; ``None`` is ``(0, 1)`` (everything).
+
+    >>> parse_shard("3/12")
+    (3, 12)
+
+    Raises:
+        ViscopeError: not two integers ``k/n`` with ``0 <= k < n``.
+    """
+    if shard is None:
+        return 0, 1
+    parts = str(shard).strip().split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        raise ViscopeError(f"Expected --shard k/n with integers 0 <= k < n (e.g. 3/12); got "
+                           f"{shard!r}. Under a job array use --shard "
+                           f"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.") from None
+    if n < 1 or not 0 <= k < n:
+        raise ViscopeError(f"Expected --shard k/n with 0 <= k < n; got {shard!r} (k={k}, "
+                           f"n={n}). Shards are numbered from 0: the last of {max(n, 1)} is "
+                           f"{max(n, 1) - 1}/{max(n, 1)}.")
+    return k, n
+
+
+def assign(units: Sequence[Unit], n: int, balance: str = "index") -> list[int]:
+    """The shard (``0..n-1``) of each unit of ``units``.
+
+    ``"index"``: unit ``i`` goes to shard ``i mod n``. ``"cost"``: longest processing time
+    first (Graham 1969): units by decreasing cost (ties: lower index first), each to the
+    shard with the least total cost so far (ties: lower shard); every worker computes the
+    same assignment, since it depends only on the units' costs and order. Its makespan
+    is at most 4/3 of the best possible.
+
+    Raises:
+        ViscopeError: unknown ``balance``.
+    """
+    if balance not in BALANCES:
+        raise ViscopeError(f"Expected balance 'index' or 'cost'; got {balance!r}.")
+    if balance == "index":
+        return [u.index % n for u in units]
+    load = [0.0] * n
+    shard = [0] * len(units)
+    for pos in sorted(range(len(units)), key=lambda i: (-units[i].cost, units[i].index)):
+        best = min(range(n), key=lambda s: (load[s], s))
+        shard[pos] = best
+        load[best] += units[pos].cost
+    return shard
+
+
+def select(units: Sequence[Unit], shard: str | None = None, balance: str = "index"
+           ) -> list[Unit]:
+    """The units of shard ``"k/n"`` (all units when ``None``), in index order.
+
+    >>> us = [Unit(f"u{i}", i) for i in range(5)]
+    >>> [u.id for u in select(us, "1/2")]
+    ['u1', 'u3']
+    """
+    k, n = parse_shard(shard)
+    mine = [u for u, s in zip(units, assign(units, n, balance), strict=True) if s == k]
+    return sorted(mine, key=lambda u: u.index)
+
+
+def owner_name() -> str:
+    """``host:pid`` of this process, as lock files record it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class UnitLock:
+    """The lock file of one unit, held while the unit runs (see the module's protocol).
+
+    Args:
+        path: the lock file (``OUT/.locks/<id>.lock``).
+        timeout: seconds without a heartbeat after which the lock is a dead worker's.
+        owner: recorded as the owner (default :func:`owner_name`).
+
+    Example:
+        >>> import tempfile
+        >>> lock = UnitLock(Path(tempfile.mkdtemp()) / "u.lock", timeout=60)
+        >>> lock.acquire(), UnitLock(lock.path, timeout=60).acquire()
+        (True, False)
+        >>> lock.release(); lock.path.exists()
+        False
+    """
+
+    def __init__(self, path: str | Path, timeout: float = DEFAULT_LOCK_TIMEOUT,
+                 owner: str | None = None) -> None:
+        if not timeout > 0:
+            raise ViscopeError(f"Expected a lock timeout > 0 seconds; got {timeout}.")
+        self.path = Path(path)
+        self.timeout = float(timeout)
+        self.owner = owner or owner_name()
+        self.token = secrets.token_hex(8)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False  # set when another worker took the lock over (we were too slow)
+
+    def holder(self) -> dict | None:
+        """The lock file's record (``None`` when there is no readable lock)."""
+        return _read(self.path)
+
+    def _stale(self, record: dict | None, path: Path | None = None) -> bool:
+        # an unreadable lock is one being written or a crash mid-write: judge it by mtime
+        try:
+            beat = float(record["heartbeat"]) if record else (path or self.path).stat().st_mtime
+        except (OSError, KeyError, TypeError, ValueError):
+            return False
+        return time.time() - beat > self.timeout
+
+    def _create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        now = time.time()
+        with os.fdopen(fd, "w") as f:
+            json.dump({"owner": self.owner, "token": self.token, "started": now,
+                       "heartbeat": now}, f)
+        return True
+
+    def _take_over(self, seen: dict | None) -> bool:
+        """Remove a stale lock so that :meth:`_create` may claim it; ``False`` if another
+        worker was first."""
+        moved = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(4)}")
+        try:
+            os.rename(self.path, moved)  # of racing takers, one moves it; the others fail
+        except FileNotFoundError:
+            return False
+        if _read(moved) != seen and not self._stale(_read(moved), moved):
+            # between our read and our rename another taker replaced it by a live lock:
+            # put it back (link never overwrites a newer lock) and leave the unit to it
+            try:
+                os.link(moved, self.path)
+            except OSError:
+                pass
+            moved.unlink(missing_ok=True)
+            return False
+        moved.unlink(missing_ok=True)
+        return True
+
+    def acquire(self) -> bool:
+        """Claim the lock; ``True`` when this worker now holds it (heartbeat started)."""
+        if not self._create():
+            seen = self.holder()
+            if not self._stale(seen) or not self._take_over(seen) or not self._create():
+                return False
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        name=f"heartbeat {self.path.name}")
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.timeout / 4):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Rewrite the heartbeat now (the heartbeat thread calls it every timeout / 4)."""
+        record = self.holder()
+        if record is None or record.get("token") != self.token:
+            self.lost = True
+            return
+        record["heartbeat"] = time.time()
+        atomic_write_json(self.path, record)
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lock file if it is still this worker's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        record = self.holder()
+        if record is not None and record.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> UnitLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class WorkReport:
+    """What one worker did with its units.
+
+    Attributes:
+        ran: ids of the units it ran.
+        finished: ids of the units that were already finished (not claimed).
+        left: ids of the units it left to other workers (locked by a live worker).
+        results: what each run unit returned, by id.
+    """
+
+    ran: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def lock_path(out: str | Path, unit: Unit) -> Path:
+    """``OUT/.locks/<id>.lock``."""
+    return Path(out) / LOCKS / f"{unit.id}.lock"
+
+
+def run_units(units: Iterable[Unit], out: str | Path, *,
+              timeout: float = DEFAULT_LOCK_TIMEOUT,
+              log: Callable[[str], None] | None = None) -> WorkReport:
+    """Run each unfinished unit that no live worker holds, each under its lock.
+
+    A unit is checked for being finished before it is claimed and again once claimed
+    (another worker may have finished it in between). The lock is released when the unit
+    returns or raises; an exception propagates (the unit's finished outputs stay).
+
+    Returns:
+        The :class:`WorkReport`; ``left`` lists the units other workers were running.
+    """
+    report = WorkReport()
+    for unit in units:
+        if unit.done():
+            report.finished.append(unit.id)
+            continue
+        lock = UnitLock(lock_path(out, unit), timeout)
+        if not lock.acquire():
+            holder = lock.holder() or {}
+            if log:
+                log(f"{unit.id}: running in {holder.get('owner', 'another worker')}; "
+                    f"left to it")
+            report.left.append(unit.id)
+            continue
+        with lock:
+            if unit.done():
+                report.finished.append(unit.id)
+                continue
+            report.results[unit.id] = unit.run()
+            report.ran.append(unit.id)
+    if report.left and log:
+        log(f"left to other workers: {', '.join(report.left)}")
+    return report
