@@ -31,5 +31,8 @@ def weakseg(
     say(f"\nresults:       {out / 'results.csv'} (summary {out / 'summary.md'})")
     say(f"pseudo-masks:  {out / 'pseudo' / 'masks'} (gallery {out / 'pseudo' / 'gallery.png'}, "
         f"threshold sweep {out / 'pseudo' / 'sweep.png'})")
+    from viscope.report.html import write_report  # one page of the whole run folder
+
+    say(f"report:        {write_report([out])}")
     if result.density is not None:
         say(f"density:       {out / 'density.csv'} (box plot {out / 'evaluate' / 'density.png'})")

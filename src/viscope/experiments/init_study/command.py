@@ -34,3 +34,6 @@ def init_study(
     run(cfg, out, log=say)
     say(f"\ntable:   {out / 'report' / 'table.md'} (csv {out / 'report' / 'table.csv'})")
     say(f"figures: {out / 'report' / 'curves.png'}, {out / 'report' / 'filters.png'}")
+    from viscope.report.html import write_report  # one page of the whole run folder
+
+    say(f"report:  {write_report([out])}")

@@ -34,6 +34,9 @@ def quality(
         f"{out / 'report' / 'comparison.png'})")
     say(f"maps:         {out / 'report'} (class_maps_*.png, clusters_*.png, "
         f"reconstructions.png, confusion.png)")
+    from viscope.report.html import write_report  # one page of the whole run folder
+
+    say(f"report:       {write_report([out])}")
     best = result.comparison.set_index("variant")
     for variant in best.index:
         say(f"{variant}: accuracy {best.loc[variant, 'acc_mean']:.3f}, macro-F1 "
