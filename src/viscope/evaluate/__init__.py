@@ -1,6 +1,6 @@
 """Explanation metrics: faithfulness (deletion, insertion, ROAD, PEDS), localisation
 against masks (pointing game, energy pointing game, IoU, Dice) and the
-model-randomisation sanity check.
+model-randomisation sanity check; explanation equivariance (does a map move with the image).
 
 >>> import torch
 >>> from viscope import evaluate, models
@@ -13,6 +13,11 @@ torch.Size([2])
 # segmentation (per-image Dice/IoU of binary masks with an ignore value, for weak labels) is
 # reached as a module, evaluate.segmentation.dice: not localisation's map-thresholding dice
 from viscope.evaluate import segmentation as segmentation
+from viscope.evaluate.equivariance import (
+    ExplanationEquivariance,
+    equivariance_cell,
+    explanation_invariance,
+)
 from viscope.evaluate.faithfulness import (
     deletion_auc,
     deletion_curve,
@@ -25,10 +30,13 @@ from viscope.evaluate.localisation import dice, energy_pointing_game, iou, point
 from viscope.evaluate.sanity import model_randomization, spearman
 
 __all__ = [
+    "ExplanationEquivariance",
     "deletion_auc",
     "deletion_curve",
     "dice",
     "energy_pointing_game",
+    "equivariance_cell",
+    "explanation_invariance",
     "insertion_auc",
     "iou",
     "model_randomization",
