@@ -36,6 +36,9 @@ def test_train_on_two_processes_speaks_once_and_records_on_rank_zero(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = [line for line in proc.stdout.splitlines() if "checkpoint" in line]
     assert len(final) == 1, proc.stdout  # was printed by both ranks
+    # rank 1 starts (at rank 0's Trainer.fit) after rank 0 wrote its files: it used to
+    # take the "running" record for a dead run's and delete them (config.yaml was lost)
+    assert (out / "config.yaml").is_file()
     record = json.loads((out / "train.json").read_text())
     assert record["status"] == "finished" and record["hardware"]["devices"] == 2
     assert 0.0 <= record["test_acc"] <= 1.0

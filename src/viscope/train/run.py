@@ -252,9 +252,15 @@ def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool,
         RunMismatch: the folder holds a run with another configuration (and not
             ``overwrite``).
     """
+    from viscope.train.distributed import is_main
+
+    # Under DDP every rank decides, but only rank 0 deletes: the other ranks (started by
+    # Lightning at rank 0's Trainer.fit) read the folder after rank 0 wrote its "running"
+    # record, and clearing it then would delete rank 0's files mid-run.
+    clear = clear_run if is_main() else (lambda *_: None)
     stored = read_record(out, files.record)
     if stored is None or overwrite:
-        clear_run(out, files.outputs)
+        clear(out, files.outputs)
         return None
     diff = config_diff(stored.get("config"), config)
     if diff:
@@ -270,7 +276,7 @@ def prepare_folder(out: Path, config: dict[str, Any], overwrite: bool,
         return stored
     if (out / files.last).is_file():
         return out / files.last
-    clear_run(out, files.outputs)
+    clear(out, files.outputs)
     return None
 
 
