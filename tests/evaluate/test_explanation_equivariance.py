@@ -164,3 +164,25 @@ def test_images_of_the_wrong_shape_are_refused():
     data = TensorDataset(torch.rand(4, SIZE, SIZE), torch.zeros(4))
     with pytest.raises(ViscopeError, match=r"\(C, H, W\)"):
         explanation_invariance(Pointwise().eval(), data, "rotation", samples=4, params=3)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("test_efficientnet", {}),
+    ("test_vit", {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 96,
+                  "num_heads": 3}),  # the matrix demo's models (token layers for the ViT)
+])
+def test_demo_models_batched_equals_one_image_at_a_time(name, kwargs):
+    from viscope import models
+    from viscope.explain import auto_layer
+
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10, **kwargs).eval()
+    g = torch.Generator().manual_seed(2)
+    data = TensorDataset(torch.rand(3, 3, 32, 32, generator=g), torch.zeros(3))
+    layer = auto_layer(model, (32, 32))
+    r = explanation_invariance(model, data, quarter_turns(), samples=3, params=3,
+                               layer=layer, batch_size=9)["rotation"]
+    corr, diff, ratio = _brute_force(model, data, layer)
+    assert r.correlation == pytest.approx(corr, abs=1e-4)
+    assert r.difference == pytest.approx(diff, abs=1e-4)
+    assert r.ratio == pytest.approx(ratio, rel=1e-3)

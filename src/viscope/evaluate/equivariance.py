@@ -41,6 +41,7 @@ model; here the engine's state is reused on maps instead.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,7 +186,7 @@ def explanation_invariance(
     names = list(transform) if isinstance(transform, (list, tuple)) else [transform]
     families = [resolve_transform(t, **(transform_kwargs or {})) if isinstance(t, str)
                 else resolve_transform(t) for t in names]
-    explicit = not isinstance(params, int)
+    explicit = not isinstance(params, numbers.Integral) or isinstance(params, bool)
     if explicit and len(families) > 1:
         raise ViscopeError(f"Expected params as a number of values when measuring several "
                            f"families ({len(families)}); got explicit values. Pass params=6, "
