@@ -50,5 +50,6 @@ _EXPORTS = {
     "OptimSettings": "viscope.train.optim",
     "make_optimizer": "viscope.train.optim",
     "TrainResult": "viscope.train.run",
+    "InvarianceTracker": "viscope.train.tracking",
 }
 __all__ = attach(__name__, _EXPORTS)
