@@ -307,6 +307,10 @@ def run_units(units: Iterable[Unit], out: str | Path, *,
                 continue
             report.results[unit.id] = unit.run()
             report.ran.append(unit.id)
+            if lock.lost and log:  # our heartbeat came late (a stalled node): say so
+                log(f"{unit.id}: another worker took its lock over while this one ran it "
+                    f"(heartbeat older than {timeout:.0f} s); its outputs are written "
+                    f"atomically, so the last writer's stay")
     if report.left and log:
         log(f"left to other workers: {', '.join(report.left)}")
     return report
