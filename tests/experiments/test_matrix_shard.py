@@ -159,6 +159,37 @@ def test_collect_on_a_half_finished_folder(tmp_path):
     assert res.missing == UNITS and pd.isna(res.invariance.loc["rotation", "rotation"])
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--shard", "3/2"], "Expected --shard k/n with 0 <= k < n; got '3/2'"),
+    (["--shard", "a/b"], "Expected --shard k/n with integers"),
+    (["--lock-timeout", "0"], "Expected --lock-timeout > 0 seconds"),
+    (["--collect", "--out", "nowhere"], "Expected --out to be an existing run folder"),
+    (["--shard", "0/2", "--balance", "size"], "Expected --balance"),
+])
+def test_bad_options_are_one_line_and_exit_2(config, args, message, tmp_path, monkeypatch,
+                                             capsys):
+    from viscope.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as code:
+        main(["matrix", "--config", str(config), *args])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "runs").exists()
+
+
+def test_collect_from_the_command_line_lists_the_missing_units(config, tmp_path, capsys):
+    from viscope.cli import main
+
+    (tmp_path / "run").mkdir()  # as the first worker leaves it: the config, no cell yet
+    (tmp_path / "run" / "config.yaml").write_text(
+        yaml.safe_dump(load_config(config).model_dump(), sort_keys=False))
+    main(["matrix", "--config", str(config), "--out", str(tmp_path / "run"), "--collect"])
+    printed = " ".join(capsys.readouterr().out.split())  # rich may wrap long lines
+    assert "missing 2 unit(s)" in printed and ", ".join(UNITS) in printed
+    assert not (tmp_path / "run" / "vit" / "train").exists()
+
+
 def _train_inputs(cfg):
     from viscope.experiments.matrix import _train_inputs
 

@@ -101,7 +101,9 @@ def assign(units: Sequence[Unit], n: int, balance: str = "index") -> list[int]:
         ViscopeError: unknown ``balance``.
     """
     if balance not in BALANCES:
-        raise ViscopeError(f"Expected balance 'index' or 'cost'; got {balance!r}.")
+        raise ViscopeError(f"Expected --balance (balance=) 'index' or 'cost'; got {balance!r}. "
+                           f"'index' gives unit i to shard i mod n; 'cost' balances estimated "
+                           f"costs.")
     if balance == "index":
         return [u.index % n for u in units]
     load = [0.0] * n
