@@ -139,6 +139,7 @@ def test_run_units_skips_finished_and_locked_units_and_releases_on_error(tmp_pat
     assert report.finished == ["m/f1/seed0"] and report.left == ["m/f2/seed0"]
     assert any("other:7" in line for line in lines)
     assert not lock_path(tmp_path, us[0]).exists()
+    assert not lock_path(tmp_path, us[1]).parent.exists()  # a finished unit is never claimed
 
     def boom():
         raise RuntimeError("unit failed")
