@@ -28,15 +28,20 @@ def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progre
     if collect and not out.is_dir():
         raise ViscopeError(f"Expected --out to be an existing run folder for --collect; got "
                            f"{out}, which does not exist. Give the folder the workers write.")
+    from viscope.train.distributed import is_main
+
     cfg = load_config(config_path(config), overrides)
     out_console = console()
     part = " (collect: running nothing)" if collect else (f" (shard {k}/{n})" if n > 1 else "")
-    out_console.print(f"[bold]{cfg.name}[/]: {len(cfg.models)} model(s) × "
-                  f"{len(cfg.train_families)} training families × {len(cfg.eval_families)} "
-                  f"evaluation families → {out}/{part}")
+    if is_main():  # --devices N re-runs this command in N - 1 more processes
+        out_console.print(f"[bold]{cfg.name}[/]: {len(cfg.models)} model(s) × "
+                          f"{len(cfg.train_families)} training families × "
+                          f"{len(cfg.eval_families)} evaluation families → {out}/{part}")
     results = run_matrix(cfg, out, log=out_console.print, progress=progress, shard=shard,
                          balance=balance, collect=collect,
                          lock_timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
+    if not is_main():
+        return
     for tag, r in results.items():
         out_console.print(f"\n[bold]{tag}[/]: trained {r.trained}, measured {r.measured} new cells")
         if r.left:
@@ -77,14 +82,31 @@ def matrix(
     collect: Annotated[bool, typer.Option(
         "--collect", help="run nothing: tabulate what is finished in --out and list the "
                           "missing units")] = False,
+    devices: Annotated[int | None, typer.Option(
+        help="processes per unit (GPUs, or CPU processes): DDP training and the measurement "
+             "sharded over them; rank 0 claims units and writes")] = None,
+    submit: Annotated[str | None, typer.Option(
+        help="slurm (or local): submit --tasks array tasks through submitit, each running "
+             "its --shard, instead of running here")] = None,
+    tasks: Annotated[int, typer.Option(help="array tasks of --submit")] = 1,
 ) -> None:
     """Train one model per augmentation family and measure each against every family."""
     overrides = parse_kv(set_, "--set")
+    if devices is not None:
+        overrides["devices"] = devices
     if dataset_root is not None:
         if not Path(dataset_root).exists():
             raise ViscopeError(f"--dataset-root {dataset_root} does not exist; give a folder "
                                f"in ImageFolder layout (root/<class>/<image>) or a CSV file.")
         overrides["dataset"] = dataset_root
+    if submit is not None:
+        from viscope.experiments.submit import submit as submit_jobs
+
+        jobs = submit_jobs(config, out, tasks, overrides, cluster=submit,
+                           devices=int(overrides.get("devices", 1)))
+        console().print(f"submitted {len(jobs)} task(s): {', '.join(j.job_id for j in jobs)}; "
+                        f"then: viscope matrix --config {config} --out {out} --collect")
+        return
     run_matrix_command(config, out, overrides, progress, shard, balance, lock_timeout, collect)
 
 

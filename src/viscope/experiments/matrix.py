@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from viscope.experiments.config import MatrixConfig, ModelConfig
 from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, Unit, run_units, select
 from viscope.io import atomic_write_json, atomic_write_text, environment
 from viscope.report import write_table_set
+from viscope.train.distributed import Lockstep, broadcast_object, is_main, launch, rank_and_world
 
 Log = Callable[[str], None]
 
@@ -93,16 +94,34 @@ def run_matrix(cfg: MatrixConfig, out: str | Path, *, log: Log | None = print,
         ViscopeError: a bad ``shard`` or ``balance``.
     """
     out = Path(out)
-    log = log or (lambda s: None)
+    if not collect and isinstance(cfg.devices, int) and cfg.devices > 1:
+        # start the DDP processes now, not at the first fit: they must follow rank 0's
+        # units from the first (see viscope.train.distributed)
+        launch(cfg.devices, cfg.accelerator)
+    main = is_main()
+    log = log if log and main else (lambda s: None)
     runs: dict[str, _ModelRun] = {}
     units = matrix_units(cfg, out, log, progress, runs)
     mine = [] if collect else select(units, shard, balance)
     out.mkdir(parents=True, exist_ok=True)
-    if not collect:
+    if not collect and main:
         atomic_write_text(out / "config.yaml",
                           yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         atomic_write_json(out / "environment.json", environment())
-    work = run_units(mine, out, timeout=lock_timeout, log=log)
+    if rank_and_world()[1] == 1:
+        work = run_units(mine, out, timeout=lock_timeout, log=log)
+    else:  # rank 0 claims units; the others run the ones it announces, writing nothing
+        step = Lockstep()
+        if not main:
+            by_id = {u.id: u for u in units}
+            for uid in step.follow():
+                by_id[uid].run()
+            return {}
+        try:
+            work = run_units([replace(u, run=partial(step.lead, u.id, u.run)) for u in mine],
+                             out, timeout=lock_timeout, log=log)
+        finally:
+            step.end()
     results = {}
     for mc in cfg.models:
         ran = [work.results[u] for u in work.ran if u.startswith(f"{mc.tag}/")]
@@ -232,14 +251,14 @@ class _ModelRun:
         cdir = self.folder / "cells" / fam / f"seed{seed}"
         inputs = self.inputs(fam, seed)
         train_in = inputs["clean"]["train"]
-        todo = self.todo(fam, seed)
+        todo = broadcast_object(self.todo(fam, seed))  # under DDP: what rank 0 read
         trained = measured = 0
         if not todo:
             return trained, measured
         # a training made with other settings is replaced (fit would refuse the folder)
-        stored = _read_json(tdir / "inputs.json")
+        stored = broadcast_object(_read_json(tdir / "inputs.json"))
         stale = stored is not None and stored != train_in
-        if stored != train_in:
+        if stored != train_in and is_main():
             atomic_write_json(tdir / "inputs.json", train_in)
         before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
             else None
@@ -288,7 +307,8 @@ class _ModelRun:
                                               strict=True))}
             cell.update(model=mc.name, train=fam, eval=ev, seed=seed,
                         seconds=time.perf_counter() - t0, inputs=inputs[ev])
-            atomic_write_json(cdir / f"{ev}.json", cell)
+            if is_main():  # every rank has the cell (the measurement merges the ranks)
+                atomic_write_json(cdir / f"{ev}.json", cell)
             measured += 1
             if ev != "clean":
                 log(f"{mc.tag} · train {fam} (seed {seed}) · eval {ev}: "

@@ -14,20 +14,30 @@ after it is sharded too).
 
 Protocol for a study's loop (what ``viscope matrix --devices N`` does)::
 
-    launch(devices, accelerator)               # every rank, before any unit
-    for unit in units:                         # the same deterministic order on every rank
-        take = broadcast_object(claim(unit) if is_main() else None)  # rank 0 decides
-        if not take:
-            continue
-        result = fit(..., devices=devices)     # DDP: every rank; fit writes on rank 0
-        cell = measure(...)                    # sharded, merged: the same on every rank
-        if is_main():
-            write(cell)                        # or: on_main(write)(cell)
+    launch(devices, accelerator)          # every rank, before any unit
+    step = Lockstep()
+    if is_main():                         # rank 0 checks, claims (locks) and announces
+        try:
+            for unit in units_to_claim():
+                step.lead(unit.id, unit.run)
+        finally:
+            step.end()
+    else:                                 # the others run what rank 0 announces
+        for uid in step.follow():
+            by_id[uid].run()
 
-The choice is broadcast rather than recomputed on each rank because it depends on the
-shared folder (finished units, other workers' locks), which can change between two
-ranks' reads. Under ``torchrun`` or ``srun`` (SLURM starts one task per GPU) the
-processes exist already: :func:`launch` only creates the process group.
+    # inside unit.run, on every rank:
+    todo = broadcast_object(read_todo())  # decisions read from the folder: rank 0's
+    fit(..., devices=devices)             # DDP: every rank; fit writes on rank 0
+    cell = measure(...)                   # sharded, merged: the same on every rank
+    if is_main():
+        write(cell)                       # or: on_main(write)(cell)
+
+Rank 0's choices are broadcast rather than recomputed on each rank because they depend
+on the shared folder (finished units, other workers' locks, a stale training), which can
+change between two ranks' reads; the other ranks never take locks or write. Under
+``torchrun`` or ``srun`` (SLURM starts one task per GPU) the processes exist already:
+:func:`launch` only creates the process group.
 
 Written here because Lightning offers the pieces (``rank_zero_only``, the strategy's
 ``broadcast``) only inside a trainer or a Fabric object, not between trainers.
@@ -36,7 +46,7 @@ Written here because Lightning offers the pieces (``rank_zero_only``, the strate
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -109,6 +119,32 @@ def on_main(fn: Callable[..., T]) -> Callable[..., T | None]:
     return wrapped
 
 
+class Lockstep:
+    """Rank 0 chooses what to run; the other ranks run the same things, in step.
+
+    Rank 0 wraps each task it decides to run with :meth:`lead` (which tells the others
+    its key first) and calls :meth:`end` when it has nothing left; every other rank loops
+    over :meth:`follow` and runs the task of each key it receives. The tasks hold the
+    collective work (a DDP training, a sharded measurement), so the ranks meet in them.
+    An exception on rank 0 ends the followers' loop only through :meth:`end` (call it in
+    a ``finally``); one inside a collective leaves them to the backend's timeout.
+    """
+
+    def lead(self, key: str, task: Callable[[], T]) -> T:
+        """Rank 0: announce ``key``, then run ``task``."""
+        broadcast_object(key)
+        return task()
+
+    def follow(self) -> Iterator[str]:
+        """Other ranks: the keys rank 0 announces, until it ends."""
+        while (key := broadcast_object(None)) is not None:
+            yield key
+
+    def end(self) -> None:
+        """Rank 0: tell the followers there is nothing more."""
+        broadcast_object(None)
+
+
 def launch(devices: int, accelerator: str = "cpu", num_nodes: int = 1) -> tuple[int, int]:
     """Start the processes of a ``devices``-process job now and create its process group.
 
@@ -154,4 +190,5 @@ def launch(devices: int, accelerator: str = "cpu", num_nodes: int = 1) -> tuple[
     return rank_and_world()
 
 
-__all__ = ["barrier", "broadcast_object", "is_main", "launch", "on_main", "rank_and_world"]
+__all__ = ["Lockstep", "barrier", "broadcast_object", "is_main", "launch", "on_main",
+           "rank_and_world"]
