@@ -81,14 +81,14 @@ def _model_blocks(cfg: dict[str, Any], model: dict[str, Any], folder: Path
         inv = read_csv(folder / "invariance.csv", "invariance table", ("train",))
         acc = read_csv(folder / "accuracy.csv", "accuracy table", ("train",))
         inv, acc = inv.set_index("train"), acc.set_index("train")
+        if (folder / "summary.md").is_file():  # first: its heading names the model
+            blocks.append(markdown_block((folder / "summary.md").read_text()))
         blocks += [png_block(folder / "invariance.png", f"{tag}: NV, train x eval"),
                    table_block(inv, f"{tag}: NV (lower = more invariant)", index=True,
                                heat="low", note="Outlined: the best row in each column."),
                    png_block(folder / "accuracy.png", f"{tag}: test accuracy, train x eval"),
                    table_block(acc, f"{tag}: test accuracy (higher = better)", index=True,
                                heat="high", note="Outlined: the best row in each column.")]
-        if (folder / "summary.md").is_file():
-            blocks.append(markdown_block((folder / "summary.md").read_text()))
     else:
         missing.append(f"{tag}: {len(cells)} of {expected} cells finished; the tables below "
                        "hold only those (— where none). Run the same `viscope matrix` again "
@@ -104,6 +104,17 @@ def _model_blocks(cfg: dict[str, Any], model: dict[str, Any], folder: Path
     return blocks, missing, seconds
 
 
+def _training_seconds(folder: Path) -> float:
+    """The summed wall time of the model's finished trainings (their ``train.json``)."""
+    total = 0.0
+    for record in folder.glob("train/*/seed*/train.json"):
+        try:
+            total += float(json.loads(record.read_text()).get("seconds") or 0)
+        except (OSError, ValueError):  # a training being written: counted when finished
+            continue
+    return total
+
+
 @register_section("matrix", detect=_is_matrix)
 def matrix_section(folder: Path) -> dict[str, Any]:
     """One block group per model of the config, in its order."""
@@ -113,7 +124,9 @@ def matrix_section(folder: Path) -> dict[str, Any]:
         b, m, seconds = _model_blocks(cfg, model, folder / _tag(model))
         blocks += b
         missing += m
-        timings.append((f"{_tag(model)}: measuring (sum over cells)", f"{seconds:.1f} s"))
+        timings += [(f"{_tag(model)}: training (sum over trainings)",
+                     f"{_training_seconds(folder / _tag(model)):.1f} s"),
+                    (f"{_tag(model)}: measuring (sum over cells)", f"{seconds:.1f} s")]
     return {"title": f"Invariance matrix: {cfg.get('name', folder.name)} "
                      f"({', '.join(_tag(m) for m in cfg['models'])})",
             "blocks": blocks, "missing": missing, "timings": timings,
