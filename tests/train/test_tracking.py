@@ -20,7 +20,13 @@ from viscope import data, models
 from viscope.errors import ViscopeError
 from viscope.invariance import measure
 from viscope.train import fit
-from viscope.train.tracking import LAST_LAYER_FIGURE, TABLE, InvarianceTracker, plot_tracking
+from viscope.train.tracking import (
+    DEPTH_FIGURE,
+    LAST_LAYER_FIGURE,
+    TABLE,
+    InvarianceTracker,
+    plot_tracking,
+)
 
 HERE = Path(__file__).parent
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2}
@@ -107,7 +113,7 @@ def test_table_has_a_row_per_epoch_family_and_layer_on_disk(tracked: dict[str, A
 
 
 def test_figures_are_written(tracked: dict[str, Any]) -> None:
-    for name in [*(f"invariance_by_epoch_{f}.png" for f in FAMILIES), LAST_LAYER_FIGURE]:
+    for name in [DEPTH_FIGURE, LAST_LAYER_FIGURE]:
         path = tracked["out"] / name
         assert path.is_file() and path.stat().st_size > 5000, name
 
@@ -247,3 +253,22 @@ def test_ddp_tracking_equals_one_process_on_the_final_weights(tmp_path: Path) ->
         got = table[(table["epoch"] == last) & (table["family"] == family)]
         np.testing.assert_allclose(got["nv"].to_numpy(), expected["nv"].to_numpy(),
                                    rtol=1e-5)
+
+
+def test_viscope_train_track_invariance_writes_the_table(tmp_path: Path) -> None:
+    from viscope.cli import main
+
+    out = tmp_path / "run"
+    try:
+        main(["train", "--out", str(out), "--model", "test_vit", "--model-arg", "img_size=32",
+              "--model-arg", "patch_size=8", "--model-arg", "depth=2", "--n", "60",
+              "--epochs", "3", "--batch-size", "16", "--track-invariance",
+              "rotation,contrast", "--track-every", "2"])
+    except SystemExit as e:
+        assert not e.code
+    table = pd.read_csv(out / TABLE)
+    assert sorted(table["epoch"].unique()) == [0, 2, 3]
+    assert set(table["family"]) == {"rotation", "contrast"}
+    assert (out / DEPTH_FIGURE).is_file()
+    # tracking is no setting of the run: config.yaml trains the same run again
+    assert "track" not in (out / "config.yaml").read_text()

@@ -88,6 +88,12 @@ def train(
     set_: Overrides = None,
     overwrite: Annotated[bool, typer.Option(help="delete a run of another configuration in "
                                                  "--out and train again")] = False,
+    track_invariance: Annotated[str | None, typer.Option(
+        help="families (rotation,brightness) whose NV per layer is measured on the val split "
+             "at epoch 0 and every --track-every epochs: invariance_by_epoch.csv and figures "
+             "in --out")] = None,
+    track_every: Annotated[int | None, typer.Option(
+        help="epochs between --track-invariance measurements (and after the last)")] = None,
 ) -> None:
     """Train a model (best checkpoint on validation); settings from --config and options."""
     from viscope.train import fit
@@ -107,8 +113,12 @@ def train(
     overrides.update(parse_kv(set_, "--set"))
     cfg = load_train_config(config, overrides)
     name, kwargs = cfg.fit_arguments()
+    from viscope.train.tracking import InvarianceTracker
+
+    tracking = [] if track_invariance is None else [InvarianceTracker(
+        track_invariance, "val", **({} if track_every is None else {"every": track_every}))]
     res = fit(name, kwargs.pop("dataset"), out=out, progress=True, overwrite=overwrite,
-              **kwargs)
+              callbacks=tracking, **kwargs)
     score = f"best {res.monitor} {res.best_score:.3f}" if res.best_score is not None else ""
     test = "" if res.test_acc is None else f", test accuracy {res.test_acc:.3f}"
     if is_main():  # under DDP every rank runs this command; one line, from rank 0
@@ -116,7 +126,8 @@ def train(
 
 
 #: Options that are not settings of the run.
-_NOT_SETTINGS = frozenset({"out", "config", "set_", "overwrite"})
+_NOT_SETTINGS = frozenset({"out", "config", "set_", "overwrite", "track_invariance",
+                           "track_every"})
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from viscope.io import atomic_write_text
 
 #: The table written after every measurement, in the run folder.
 TABLE = "invariance_by_epoch.csv"
+#: The figure of the measure against relative depth, a panel per family, a line per epoch.
+DEPTH_FIGURE = "invariance_by_epoch.png"
 #: The figure of the last measured layer's value against epoch, one line per family.
 LAST_LAYER_FIGURE = "invariance_last_layer_by_epoch.png"
 #: The trainer's splits the probe can be taken from (``dataset_or_probe="val"``).
@@ -124,6 +127,9 @@ class InvarianceTracker(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._folder = Path(self.out or trainer.default_root_dir)
         self._dataset = self._resolve_probe(trainer)
+        if len(self._dataset) < self.samples:  # type: ignore[arg-type]
+            warnings.warn(f"the invariance probe has {len(self._dataset)} items; tracking "  # type: ignore[arg-type]
+                          f"on all of them, not samples={self.samples}", stacklevel=2)
         if trainer.is_global_zero and (self._folder / TABLE).is_file():
             self.table = pd.read_csv(self._folder / TABLE)  # a resumed run appends to it
         epoch = trainer.current_epoch  # 0, or the epochs a resumed run has done
@@ -164,7 +170,8 @@ class InvarianceTracker(pl.Callback):
             for family in self.families:
                 start = time.perf_counter()
                 result = measure(model, dataset, family, measure=self.measure,
-                                 samples=self.samples, params=self.params, layers=self.layers,
+                                 samples=min(self.samples, len(dataset)),  # type: ignore[arg-type]
+                                 params=self.params, layers=self.layers,
                                  batch_size=self.batch_size, seed=self.seed)
                 frame = result.per_layer().drop(columns="units")
                 frame.insert(0, "family", family)
@@ -257,8 +264,8 @@ def plot_tracking(table: pd.DataFrame | str | Path, folder: str | Path,
                   quantity: str = "nv") -> list[Path]:
     """Write the figures of a tracking table into ``folder``.
 
-    Per family, ``invariance_by_epoch_<family>.png``: ``quantity`` against relative
-    depth, one line per measured epoch coloured by epoch (with a colourbar); and
+    :data:`DEPTH_FIGURE`: a panel per family of ``quantity`` against relative depth, one
+    line per measured epoch coloured by epoch (with a colourbar); and
     :data:`LAST_LAYER_FIGURE`: the last layer's ``quantity`` against epoch, one line per
     family.
 
@@ -281,34 +288,48 @@ def plot_tracking(table: pd.DataFrame | str | Path, folder: str | Path,
         raise ViscopeError(f"Expected a tracking table with a {quantity!r} column and rows; "
                            f"got columns {list(frame.columns)}. Plot the measure's "
                            "primary quantity.")
+    from matplotlib.ticker import MaxNLocator
+
     plt, folder = pyplot(), Path(folder)
     label = QUANTITY_LABELS.get(quantity, quantity)
     epochs = sorted(frame["epoch"].unique())
     norm = plt.Normalize(min(epochs), max(max(epochs), min(epochs) + 1))
     cmap = plt.get_cmap("viridis")
-    written = []
-    for family, rows in frame.groupby("family", sort=False):
-        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    groups = list(frame.groupby("family", sort=False))
+    # one figure, a panel per family: ten separate PNGs cost ~3 s at the end of training
+    cols = min(len(groups), 4)
+    rows_ = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.6 * cols + 1, 3 * rows_ + 0.6),
+                             layout="constrained", squeeze=False)
+    for ax, (family, rows) in zip(axes.flat, groups, strict=False):
         for epoch, part in rows.groupby("epoch"):
             ax.plot(part["depth"] * 100, part[quantity], marker="o", ms=3,
                     color=cmap(norm(epoch)))
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="epoch")
-        ax.set(xlabel="relative depth of layer (%)", ylabel=label,
-               title=f"{label} per layer during training · {family}")
+        ax.set_title(str(family))
         ax.grid(alpha=0.3)
-        path = folder / f"invariance_by_epoch_{family}.png"
-        save_figure(fig, path)
-        written.append(path)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat[:len(groups)]):
+        if i + cols >= len(groups):  # no panel below it
+            ax.set_xlabel("relative depth of layer (%)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(label)
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes,
+                       label="epoch (0: before training)")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+    fig.suptitle(f"{label} per layer during training, one line per epoch")
+    save_figure(fig, folder / DEPTH_FIGURE)
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for family, rows in frame.groupby("family", sort=False):
         last = rows[rows["depth"] == rows["depth"].max()].sort_values("epoch")
         ax.plot(last["epoch"], last[quantity], marker="o", label=family)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch (0: before training)", ylabel=f"{label}, last layer",
            title=f"{label} of the last layer during training")
     ax.grid(alpha=0.3)
     ax.legend(title="family", fontsize=8)
     save_figure(fig, folder / LAST_LAYER_FIGURE)
-    return [*written, folder / LAST_LAYER_FIGURE]
+    return [folder / DEPTH_FIGURE, folder / LAST_LAYER_FIGURE]
 
 
-__all__ = ["LAST_LAYER_FIGURE", "TABLE", "InvarianceTracker", "plot_tracking"]
+__all__ = ["DEPTH_FIGURE", "LAST_LAYER_FIGURE", "TABLE", "InvarianceTracker", "plot_tracking"]
