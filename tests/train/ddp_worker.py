@@ -39,7 +39,7 @@ def main(out: Path) -> None:
     import torch.distributed as dist
 
     from viscope.train import fit
-    from viscope.train.distributed import barrier, broadcast_object, is_main, launch
+    from viscope.train.distributed import barrier, broadcast_object, is_main, launch, leads
 
     torch.set_num_threads(1)
     rank, world = launch(2, "cpu")
@@ -50,7 +50,7 @@ def main(out: Path) -> None:
     group_after_fit = dist.is_initialized()
     values = measure_values(res.model)
     (out / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world": world, "main": is_main(), "chosen": chosen,
+        "rank": rank, "world": world, "main": is_main(), "leads": leads(), "chosen": chosen,
         "pid": os.getpid(), "group_after_fit": group_after_fit,
     }))
     if is_main():

@@ -59,7 +59,8 @@ def test_measurement_sharded_over_the_ddp_processes_equals_one_process(tmp_path)
     proc = _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
-    assert [(r["rank"], r["world"], r["main"]) for r in ranks] == [(0, 2, True), (1, 2, False)]
+    assert [(r["rank"], r["world"], r["main"], r["leads"]) for r in ranks] == [
+        (0, 2, True, True), (1, 2, False, False)]
     assert ranks[0]["pid"] != ranks[1]["pid"]
     assert ranks[1]["chosen"] == ranks[0]["pid"]  # rank 1 got rank 0's choice
     assert all(r["group_after_fit"] for r in ranks)  # so the measurement was sharded
@@ -86,6 +87,8 @@ def test_without_a_process_group_rank_comes_from_the_launcher(monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert distributed.rank_and_world() == (2, 4) and not distributed.is_main()
     assert distributed.on_main(lambda: "written")() is None
+    # no process group: a worker of its own, which decides and writes for itself
+    assert distributed.leads() and distributed.group_size() == 1
     monkeypatch.setenv("RANK", "0")  # torchrun's RANK comes before SLURM's
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert distributed.rank_and_world() == (0, 2)

@@ -33,7 +33,7 @@ from viscope.experiments.config import MatrixConfig, ModelConfig
 from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, Unit, run_units, select
 from viscope.io import atomic_write_json, atomic_write_text, environment
 from viscope.report import write_table_set
-from viscope.train.distributed import Lockstep, broadcast_object, is_main, launch, rank_and_world
+from viscope.train.distributed import Lockstep, broadcast_object, group_size, launch, leads
 
 Log = Callable[[str], None]
 
@@ -98,7 +98,7 @@ def run_matrix(cfg: MatrixConfig, out: str | Path, *, log: Log | None = print,
         # start the DDP processes now, not at the first fit: they must follow rank 0's
         # units from the first (see viscope.train.distributed)
         launch(cfg.devices, cfg.accelerator)
-    main = is_main()
+    main = leads()
     log = log if log and main else (lambda s: None)
     runs: dict[str, _ModelRun] = {}
     units = matrix_units(cfg, out, log, progress, runs)
@@ -108,7 +108,7 @@ def run_matrix(cfg: MatrixConfig, out: str | Path, *, log: Log | None = print,
         atomic_write_text(out / "config.yaml",
                           yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         atomic_write_json(out / "environment.json", environment())
-    if rank_and_world()[1] == 1:
+    if group_size() == 1:  # no process group: this process alone (srun without --devices)
         work = run_units(mine, out, timeout=lock_timeout, log=log)
     else:  # rank 0 claims units; the others run the ones it announces, writing nothing
         step = Lockstep()
@@ -258,7 +258,7 @@ class _ModelRun:
         # a training made with other settings is replaced (fit would refuse the folder)
         stored = broadcast_object(_read_json(tdir / "inputs.json"))
         stale = stored is not None and stored != train_in
-        if stored != train_in and is_main():
+        if stored != train_in and leads():
             atomic_write_json(tdir / "inputs.json", train_in)
         before = (tdir / "best.pt").stat().st_mtime_ns if (tdir / "best.pt").exists() \
             else None
@@ -307,7 +307,7 @@ class _ModelRun:
                                               strict=True))}
             cell.update(model=mc.name, train=fam, eval=ev, seed=seed,
                         seconds=time.perf_counter() - t0, inputs=inputs[ev])
-            if is_main():  # every rank has the cell (the measurement merges the ranks)
+            if leads():  # every rank has the cell (the measurement merges the ranks)
                 atomic_write_json(cdir / f"{ev}.json", cell)
             measured += 1
             if ev != "clean":

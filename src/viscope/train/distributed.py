@@ -82,6 +82,20 @@ def rank_and_world() -> tuple[int, int]:
     return rank, int(world)
 
 
+def group_size() -> int:
+    """Processes of the process group (1 without one): the ranks that run in step."""
+    dist = _group()
+    return 1 if dist is None else dist.get_world_size()
+
+
+def leads() -> bool:
+    """Whether this process decides and writes for its process group: rank 0 of the
+    group, or any process outside one (each of several srun tasks without ``--devices``
+    is a worker of its own)."""
+    dist = _group()
+    return dist is None or dist.get_rank() == 0
+
+
 def is_main() -> bool:
     """Whether this process is rank 0: the one that prints, writes and claims units."""
     return rank_and_world()[0] == 0
@@ -190,5 +204,5 @@ def launch(devices: int, accelerator: str = "cpu", num_nodes: int = 1) -> tuple[
     return rank_and_world()
 
 
-__all__ = ["Lockstep", "barrier", "broadcast_object", "is_main", "launch", "on_main",
-           "rank_and_world"]
+__all__ = ["Lockstep", "barrier", "broadcast_object", "group_size", "is_main", "launch",
+           "leads", "on_main", "rank_and_world"]
