@@ -57,6 +57,8 @@ def test_submit_refuses_settings_it_owns_and_bad_counts(tmp_path):
         submit_module.submit("matrix-demo", tmp_path, 2, options={"tasks_per_node": 2})
     with pytest.raises(ViscopeError, match="tasks to be an int >= 1; got 0"):
         submit_module.submit("matrix-demo", tmp_path, 0)
+    with pytest.raises(ViscopeError, match="one of slurm, local, None; got 'slrum'"):
+        submit_module.submit("matrix-demo", tmp_path, 2, cluster="slrum")
 
 
 def test_shard_command_carries_settings_and_devices(tmp_path):

@@ -25,6 +25,8 @@ from typing import Any
 
 from viscope.errors import ViscopeError
 
+#: submitit's executors that :func:`submit` takes (``None``: SLURM when found, else local).
+_CLUSTERS = ("slurm", "local", None)
 #: What :func:`submit` sets itself; ``options`` may not override these.
 _OWN = frozenset({"tasks_per_node", "slurm_array_parallelism"})
 
@@ -110,11 +112,17 @@ def submit(
 
     Raises:
         ViscopeError: submitit not installed, ``tasks``/``devices`` not positive ints, an
-            option :func:`submit` sets itself, or a parameter submitit refuses.
+            unknown ``cluster``, an option :func:`submit` sets itself, or a parameter
+            submitit refuses.
     """
     for what, value in (("tasks", tasks), ("devices", devices)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ViscopeError(f"Expected {what} to be an int >= 1; got {value!r}.")
+    if cluster not in _CLUSTERS:
+        raise ViscopeError(
+            f"Expected cluster (--submit) to be one of {', '.join(map(str, _CLUSTERS))}; got "
+            f"{cluster!r}. Use slurm on a SLURM cluster, local to run the tasks here."
+        )
     clash = sorted(_OWN & set(options or {}))
     if clash:
         raise ViscopeError(
