@@ -99,3 +99,55 @@ def config_path(config: str) -> Path:
     names = sorted(x.stem for x in folder.glob("*.yaml"))
     raise ViscopeError(f"Config {config!r} is neither a file nor a shipped config "
                        f"({', '.join(names)}).")
+
+
+# -- work units shared by many workers (viscope matrix and the studies) ----------------------
+Shard = Annotated[str | None, typer.Option(
+    help="k/n: run only this worker's share of the units; workers share --out, e.g. "
+         "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT")]
+Balance = Annotated[str, typer.Option(
+    help="how --shard divides the units: index (unit i to shard i mod n) or cost (greedy by "
+         "estimated cost)")]
+LockTimeout = Annotated[float | None, typer.Option(
+    help="seconds without heartbeat after which a unit locked by a dead worker is taken over "
+         "(default 600)")]
+Collect = Annotated[bool, typer.Option(
+    "--collect", help="run nothing: write the tables from what is finished in --out and list "
+                      "the missing units")]
+
+
+def check_work_options(out: Path, shard: str | None, balance: str,
+                       lock_timeout: float | None, collect: bool) -> tuple[int, int, float]:
+    """Refuse bad ``--shard/--balance/--lock-timeout`` and ``--collect`` on no folder in one
+    line, before any work; return ``(k, n, lock timeout in seconds)``."""
+    from viscope.experiments.units import BALANCES, DEFAULT_LOCK_TIMEOUT, parse_shard
+
+    k, n = parse_shard(shard)
+    if balance not in BALANCES:
+        raise ViscopeError(f"Expected --balance index or cost; got {balance!r}. 'index' gives "
+                           f"unit i to shard i mod n; 'cost' balances estimated costs.")
+    if lock_timeout is not None and not lock_timeout > 0:
+        raise ViscopeError(f"Expected --lock-timeout > 0 seconds; got {lock_timeout}. It is how "
+                           f"long a dead worker's unit stays locked (default "
+                           f"{DEFAULT_LOCK_TIMEOUT:.0f}).")
+    if collect and not out.is_dir():
+        raise ViscopeError(f"Expected --out to be an existing run folder for --collect; got "
+                           f"{out}, which does not exist. Give the folder the workers write.")
+    return k, n, lock_timeout or DEFAULT_LOCK_TIMEOUT
+
+
+def work_part(k: int, n: int, collect: bool) -> str:
+    """What this worker does, for its first line: `` (shard 3/12)``, collecting, or ``""``."""
+    return " (collect: running nothing)" if collect else (f" (shard {k}/{n})" if n > 1 else "")
+
+
+def work_lines(left: list[str], missing: list[str], listed: Path | None = None,
+               what: str = "partial tables") -> list[str]:
+    """The lines that say which units other workers hold and which are not finished."""
+    lines = []
+    if left:
+        lines.append(f"left to other workers: {', '.join(left)}")
+    if missing:
+        where = f"; listed in {listed}" if listed else ""
+        lines.append(f"missing {len(missing)} unit(s) ({what}{where}): {', '.join(missing)}")
+    return lines

@@ -76,6 +76,13 @@ class Stage:
         """Whether the stage finished with these inputs."""
         return self._record is not None and self._record.get("key") == self.key
 
+    def finished(self) -> bool:
+        """Whether the stage finished with these inputs, read again from the folder (another
+        worker sharing the run folder may have finished it since this object was made);
+        a work unit's ``done``."""
+        self._record = self._read()
+        return self.done
+
     @property
     def result(self) -> dict[str, Any]:
         """What :meth:`finish` recorded (``{}`` before)."""

@@ -180,6 +180,9 @@ class _FakeStage:
     def __init__(self, out, name, inputs, after=()):
         self.name, self.folder = name, out / name
 
+    def finished(self):  # a work unit's done (never, here)
+        return False
+
     def run(self, body, say, label=None):
         body()
         return True

@@ -316,3 +316,52 @@ def run_units(units: Iterable[Unit], out: str | Path, *,
     if report.left and log:
         log(f"left to other workers: {', '.join(report.left)}")
     return report
+
+
+def missing_units(units: Iterable[Unit]) -> list[str]:
+    """Ids of the units not finished (their ``done()`` is false), in order."""
+    return [u.id for u in units if not u.done()]
+
+
+def work(units: Sequence[Unit], out: str | Path, *, shard: str | None = None,
+         balance: str = "index", timeout: float = DEFAULT_LOCK_TIMEOUT,
+         collect: bool = False, log: Callable[[str], None] | None = None) -> WorkReport:
+    """This worker's share of a study: the units of ``shard`` (:func:`select`) run with
+    :func:`run_units`; nothing when ``collect``. What the studies' ``run`` share.
+
+    Raises:
+        ViscopeError: a bad ``shard`` or ``balance`` (before any unit runs).
+    """
+    mine = select(units, shard, balance)  # validates shard and balance even when collecting
+    return run_units([] if collect else mine, out, timeout=timeout, log=log)
+
+
+def tabulate(units: Sequence[Unit], write: Callable[[list[str]], Any]) -> tuple[Any, list[str]]:
+    """``write(missing)`` (the study's tables from its finished units, ``missing`` the ids
+    of the others) until no unit finished while it wrote.
+
+    Another worker may finish a unit while this one writes partial tables, which would
+    replace that worker's complete ones: writing again until the missing list holds still
+    leaves the last writer's tables complete.
+
+    Returns:
+        What the last ``write`` returned, and the missing ids it was given.
+    """
+    missing = missing_units(units)
+    while True:
+        result = write(missing)
+        now = missing_units(units)
+        if now == missing:
+            return result, missing
+        missing = now
+
+
+def write_missing(path: str | Path, missing: Sequence[str]) -> None:
+    """List ``missing`` one id a line in ``path`` (deleted when nothing is missing)."""
+    from viscope.io import atomic_write_text
+
+    path = Path(path)
+    if missing:
+        atomic_write_text(path, "\n".join(missing) + "\n")
+    else:
+        path.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ the mean and std, and its pair is left out of the t-test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,10 @@ CENSORED = ("epochs_to_target", "seconds_to_target")
 
 
 def write(cfg: InitStudyConfig, stages: Mapping[tuple[str, str, int], Stage], out: Path,
-          say: Log) -> pd.DataFrame:
-    """Write ``report/`` and ``summary.md``; return the per-epoch history of every run."""
+          say: Log, missing: Sequence[str] = ()) -> pd.DataFrame:
+    """Write ``report/`` and ``summary.md`` from the finished runs ``stages``; return the
+    per-epoch history of every run. ``missing``: ids of the runs not finished yet (the
+    summary says the tables are partial)."""
     from viscope.experiments.init_study import figures
 
     folder = out / "report"
@@ -72,7 +74,10 @@ def write(cfg: InitStudyConfig, stages: Mapping[tuple[str, str, int], Stage], ou
         f"over the seeds where both reached it (two-sided; — where undefined). Final val: "
         f"last epoch; test: the best-val checkpoint. A condition `fracF` trains on the "
         f"stratified fraction F of the train split drawn with data.seed (the same images "
-        f"for every method and seed).\n\n{md}\n## Verdict per condition\n\n"
+        f"for every method and seed).\n\n"
+        + (f"**Partial**: {len(missing)} run(s) not finished yet (listed in missing.txt): "
+           f"{', '.join(missing)}.\n\n" if missing else "")
+        + f"{md}\n## Verdict per condition\n\n"
         + "".join(f"- {v}\n" for v in verdicts)))
     say(f"report: {folder}")
     for v in verdicts:

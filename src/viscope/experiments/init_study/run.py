@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ from viscope.experiments.init_study.config import (
     MethodConfig,
     load_config,
 )
+from viscope.experiments.units import (
+    DEFAULT_LOCK_TIMEOUT,
+    Unit,
+    parse_shard,
+    tabulate,
+    work,
+    write_missing,
+)
 from viscope.io import atomic_write, atomic_write_json
 from viscope.stages import Stage, open_run_folder
 
@@ -48,32 +57,92 @@ SPLITS = ("train", "val", "test")
 CLOCK = "epoch_seconds.json"
 
 
-def run(config: InitStudyConfig | str | Path, out: str | Path, *, log: Log | None = print
-        ) -> pd.DataFrame:
+def run(config: InitStudyConfig | str | Path, out: str | Path, *, log: Log | None = print,
+        shard: str | None = None, balance: str = "index",
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT, collect: bool = False) -> pd.DataFrame:
     """Run the study of ``config`` into ``out`` (resumable; see the module).
 
+    The study is a list of work units (:func:`study_units`), one per condition × method ×
+    seed. Several workers may share ``out``: each runs the units of its ``shard`` under a
+    lock per unit (:mod:`viscope.experiments.units`), then writes the report from what is
+    finished (partial, with ``missing.txt`` listing the rest, until every unit is).
+
+    Args:
+        config: the study (or its YAML file).
+        out: the run folder (re-running resumes it).
+        log: receives one line per event (``None``: silent).
+        shard: ``"k/n"``: run only the k-th of n shares of the units (all when ``None``).
+        balance: ``"index"`` or ``"cost"`` (see :func:`viscope.experiments.units.assign`).
+        lock_timeout: seconds without heartbeat after which a unit's lock is a dead
+            worker's and taken over.
+        collect: run nothing; write the report from what is finished.
+
     Returns:
-        The per-epoch history of every run (``report/history.csv``).
+        The per-epoch history of every finished run (``report/history.csv``).
 
     Raises:
         ViscopeError: unknown methods or options, a patch-size grid for a model without a
-            patch embedding (before any training).
+            patch embedding, a bad ``shard`` or ``balance`` (before any training).
     """
     from viscope.experiments.init_study import report
 
     cfg = config if isinstance(config, InitStudyConfig) else load_config(config)
     say = log or (lambda _s: None)
+    parse_shard(shard)  # a bad --shard fails before anything is written
     attention = _check(cfg)
-    out = open_run_folder(out, cfg.model_dump())
+    out = Path(out) if collect else open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
-    splits = _splits(cfg)
+    if not attention and any(m.name == "mimetic" for m in cfg.methods):
+        say(f"mimetic: skipped: {cfg.model.name} has no attention layers (mimetic "
+            "initialises a ViT's attention)")
     stages: dict[tuple[str, str, int], Stage] = {}
+    units = study_units(cfg, out, say, attention, stages)
+    done = work(units, out, shard=shard, balance=balance, timeout=lock_timeout,
+                collect=collect, log=say)
+
+    def write(missing: list[str]) -> pd.DataFrame:
+        write_missing(out / "missing.txt", missing)
+        finished = {k: st for k, st in stages.items() if st.finished()}
+        if not finished:
+            say(f"init-study: no run finished yet; missing {', '.join(missing)}")
+            return pd.DataFrame(columns=report.HISTORY)
+        return report.write(cfg, finished, out, say, missing)
+
+    history, missing = tabulate(units, write)
+    if done.ran or not missing:
+        say(f"init-study: {time.perf_counter() - started:.0f} s; summary in "
+            f"{out / 'summary.md'}")
+    return history
+
+
+def study_units(cfg: InitStudyConfig, out: Path, say: Log, attention: bool,
+                stages: dict[tuple[str, str, int], Stage] | None = None) -> list[Unit]:
+    """The study's units in their fixed order: conditions, then methods, then seeds; id
+    ``<condition>/<method>/seed<k>`` (``mimetic`` left out for a model without attention).
+
+    A unit's seed is its own (never the shard's); its cost estimate is the epochs times
+    the condition's training fraction. ``stages``, when given, receives each unit's
+    :class:`~viscope.stages.Stage` by ``(condition, method, seed)``.
+    """
+    data: dict[str, Any] = {}
+
+    def splits() -> dict[str, Any]:  # loaded by the first unit that trains, once
+        if not data:
+            data.update(_splits(cfg))
+        return data
+
+    def body(st: Stage, cond: Condition, method: MethodConfig, seed: int) -> bool:
+        def train() -> dict[str, Any]:
+            s = splits()
+            tr = _subset(s, cond.train_fraction, cfg.data.seed)
+            return _train(cfg, cond, method, seed, {**s, "train": tr}, st.folder, say)
+
+        return st.run(train, say, f"{cond.tag}/{st.name}")
+
+    units: list[Unit] = []
     for cond in cfg.grid():
-        train = _subset(splits, cond.train_fraction, cfg.data.seed)
         for method in cfg.methods:
             if method.name == "mimetic" and not attention:
-                say(f"{cond.tag}/mimetic: skipped: {cfg.model.name} has no attention layers "
-                    "(mimetic initialises a ViT's attention)")
                 continue
             for seed in cfg.seeds:
                 st = Stage(out / cond.tag, f"{method.tag}-s{seed}", {
@@ -81,13 +150,13 @@ def run(config: InitStudyConfig | str | Path, out: str | Path, *, log: Log | Non
                     "method": method.model_dump(), "init": cfg.init.model_dump(),
                     "train": cfg.train.model_dump(), "condition": cond.model_dump(),
                     "seed": seed})
-                st.run(lambda s=st, c=cond, m=method, sd=seed, tr=train: _train(
-                    cfg, c, m, sd, {**splits, "train": tr}, s.folder, say), say,
-                    f"{cond.tag}/{st.name}")
-                stages[cond.tag, method.tag, seed] = st
-    history = report.write(cfg, stages, out, say)
-    say(f"init-study: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
-    return history
+                if stages is not None:
+                    stages[cond.tag, method.tag, seed] = st
+                units.append(Unit(f"{cond.tag}/{method.tag}/seed{seed}", len(units),
+                                  cfg.train.epochs * min(cond.train_fraction, 1.0),
+                                  run=partial(body, st, cond, method, seed),
+                                  done=st.finished))
+    return units
 
 
 def _model_args(cfg: InitStudyConfig, cond: Condition) -> dict[str, Any]:
@@ -214,4 +283,4 @@ def _train(cfg: InitStudyConfig, cond: Condition, method: MethodConfig, seed: in
     return {"test_acc": r.test_acc, "seconds": r.seconds, "best_epoch": r.best_epoch}
 
 
-__all__ = ["EpochClock", "run"]
+__all__ = ["EpochClock", "run", "study_units"]

@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from viscope.cli_common import Overrides, config_path, console, parse_kv
+from viscope.cli_common import (
+    Balance,
+    Collect,
+    LockTimeout,
+    Overrides,
+    Shard,
+    check_work_options,
+    config_path,
+    console,
+    parse_kv,
+    work_lines,
+    work_part,
+)
 
 
 def quality(
@@ -17,18 +29,33 @@ def quality(
     out: Annotated[Path, typer.Option(help="run folder (re-running skips finished stages)")
                    ] = Path("runs/quality"),
     set_: Overrides = None,
+    shard: Shard = None,
+    balance: Balance = "index",
+    lock_timeout: LockTimeout = None,
+    collect: Collect = False,
 ) -> None:
     """Grade fundus photographs (good / usable / reject) with FGR-Net — a UNet autoencoder
     whose encoder also classifies — and the same encoder without the reconstruction
-    branch; compare accuracy, macro-F1 and where their explanation maps fall."""
+    branch; compare accuracy, macro-F1 and where their explanation maps fall. Units
+    (variant × seed) may be shared by workers with --shard; the report waits for all."""
     from viscope.experiments.quality.config import load_config
     from viscope.experiments.quality.run import run
 
+    k, n, timeout = check_work_options(out, shard, balance, lock_timeout, collect)
     cfg = load_config(config_path(config), parse_kv(set_, "--set"))
     say = console().print
     say(f"[bold]{cfg.name}[/]: {cfg.data.csv or cfg.data.dataset} → {cfg.model.name} "
-        f"({', '.join(cfg.variants())}; seeds {cfg.train.seeds}) → {out}/")
-    result = run(cfg, out, log=say)
+        f"({', '.join(cfg.variants())}; seeds {cfg.train.seeds}) → {out}/"
+        f"{work_part(k, n, collect)}")
+    # the units other workers hold are said as they are met (viscope.experiments.units)
+    result = run(cfg, out, log=say, shard=shard, balance=balance, lock_timeout=timeout,
+                 collect=collect)
+    missing_file = out / "missing.txt"
+    missing = missing_file.read_text().split() if missing_file.exists() else []
+    for line in work_lines([], missing, missing_file, what="no report until they are"):
+        say(line)
+    if result.comparison.empty:
+        return
     say(f"\nsummary:      {out / 'summary.md'}")
     say(f"comparison:   {out / 'report' / 'comparison.csv'} (figure "
         f"{out / 'report' / 'comparison.png'})")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ from torch.utils.data import Dataset
 
 from viscope.errors import ViscopeError
 from viscope.experiments.quality.config import QualityConfig, load_config
+from viscope.experiments.units import (
+    DEFAULT_LOCK_TIMEOUT,
+    Unit,
+    missing_units,
+    parse_shard,
+    run_units,
+    work,
+    write_missing,
+)
 from viscope.stages import Stage, open_run_folder
 
 Log = Callable[[str], None]
@@ -81,32 +91,101 @@ class QualityResult:
     ran: list[str]
 
 
-def run(config: QualityConfig | str | Path, out: str | Path, *, log: Log | None = print
-        ) -> QualityResult:
+def run(config: QualityConfig | str | Path, out: str | Path, *, log: Log | None = print,
+        shard: str | None = None, balance: str = "index",
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT, collect: bool = False) -> QualityResult:
     """Run the quality job of ``config`` into ``out`` (resumable; see the module).
 
+    The job is a list of work units (:func:`study_units`), one per variant × seed (its
+    training and its maps). Several workers may share ``out``: each runs the units of its
+    ``shard`` under a lock per unit (:mod:`viscope.experiments.units`). The report (one
+    more locked unit, so only one worker writes it) needs every unit: until then
+    ``missing.txt`` lists the units not finished and the tables are empty.
+
+    Args:
+        config: the job (or its YAML file).
+        out: the run folder (re-running resumes it).
+        log: receives one line per event (``None``: silent).
+        shard: ``"k/n"``: run only the k-th of n shares of the units (all when ``None``).
+        balance: ``"index"`` or ``"cost"`` (see :func:`viscope.experiments.units.assign`).
+        lock_timeout: seconds without heartbeat after which a unit's lock is a dead
+            worker's and taken over.
+        collect: train nothing; write the report if every unit is finished.
+
     Raises:
-        ViscopeError: bad settings or data (one line; finished stages are kept).
+        ViscopeError: bad settings or data, a bad ``shard`` or ``balance`` (one line;
+            finished stages are kept).
     """
     from viscope.experiments.quality import report as reporting
     from viscope.experiments.quality import stages
 
     cfg = config if isinstance(config, QualityConfig) else load_config(config)
     say = log or (lambda _s: None)
-    out = open_run_folder(out, cfg.model_dump())
+    parse_shard(shard)  # a bad --shard fails before anything is written
+    out = Path(out) if collect else open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
     data = load_data(cfg)
     stages.check_settings(cfg, data)
     say(f"data: {len(data.splits['train'])} train / {len(data.splits['val'])} val / "
         f"{len(data.splits['test'])} test images ({', '.join(data.classes)}); "
         f"{len(data.explained)} test images explained")
-
-    data_in = cfg.data.model_dump()
-    train_in = {k: v for k, v in cfg.train.model_dump().items() if k not in ("seeds", "compare")}
     ran: list[str] = []
     trained: dict[tuple[str, int], Stage] = {}
     mapped: dict[tuple[str, int], Stage] = {}
+    units = study_units(cfg, data, out, say, trained, mapped, ran)
+    work(units, out, shard=shard, balance=balance, timeout=lock_timeout, collect=collect,
+         log=say)
+    missing = missing_units(units)
+    write_missing(out / "missing.txt", missing)
+    if missing:
+        say(f"quality: the report waits for {len(missing)} unit(s): {', '.join(missing)}")
+        return QualityResult(out, pd.DataFrame(), pd.DataFrame(), ran)
+    report = Stage(out, "report", {"clusters": cfg.validation.clusters},
+                   after=list(mapped.values()))
+
+    def write() -> None:
+        if report.run(lambda: reporting.report(cfg, data, trained, mapped, out,
+                                               report.folder, say), say):
+            ran.append(report.name)
+
+    # a unit of its own, so that of the workers finishing last only one writes it
+    run_units([Unit("report", len(units), run=write, done=report.finished)], out,
+              timeout=lock_timeout, log=say)
+    if not report.finished():  # another worker is writing it
+        return QualityResult(out, pd.DataFrame(), pd.DataFrame(), ran)
+    say(f"quality: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
+    return QualityResult(out, pd.read_csv(out / "report" / "runs.csv"),
+                         pd.read_csv(out / "report" / "comparison.csv"), ran)
+
+
+def study_units(cfg: QualityConfig, data: QualityData, out: Path, say: Log,
+                trained: dict[tuple[str, int], Stage] | None = None,
+                mapped: dict[tuple[str, int], Stage] | None = None,
+                ran: list[str] | None = None) -> list[Unit]:
+    """The job's units in their fixed order: variants, then seeds; id
+    ``<variant>/seed<k>``; a unit trains its variant (stage ``train-<variant>-s<seed>``)
+    and makes its maps (``maps-<variant>-s<seed>``).
+
+    A unit's seed is its own (never the shard's); its cost estimate is the epochs plus
+    one for the maps (the first seed's maps use every method: two). ``trained`` and
+    ``mapped``, when given, receive the stages by ``(variant, seed)``; ``ran`` the names
+    of the stages computed.
+    """
+    from viscope.experiments.quality import stages
+
+    data_in = cfg.data.model_dump()
+    train_in = {k: v for k, v in cfg.train.model_dump().items() if k not in ("seeds", "compare")}
     first = cfg.train.seeds[0]
+    done = ran if ran is not None else []
+
+    def body(t: Stage, m: Stage, weight: float, seed: int) -> None:
+        if t.run(lambda: stages.train_variant(cfg, data, weight, seed, t.folder, say), say):
+            done.append(t.name)
+        if m.run(lambda: stages.explain_variant(cfg, data, t, m.folder, say,
+                                                all_methods=seed == first), say):
+            done.append(m.name)
+
+    units: list[Unit] = []
     for variant, weight in cfg.variants().items():
         for seed in cfg.train.seeds:
             t = Stage(out, f"train-{variant}-s{seed}",
@@ -115,21 +194,14 @@ def run(config: QualityConfig | str | Path, out: str | Path, *, log: Log | None 
             m = Stage(out, f"maps-{variant}-s{seed}",
                       {"validation": cfg.validation.model_dump(), "all_methods": seed == first},
                       after=[t])
-            trained[variant, seed], mapped[variant, seed] = t, m
-            if t.run(lambda t=t, w=weight, s=seed: stages.train_variant(
-                    cfg, data, w, s, t.folder, say), say):
-                ran.append(t.name)
-            if m.run(lambda t=t, m=m, s=seed: stages.explain_variant(
-                    cfg, data, t, m.folder, say, all_methods=s == first), say):
-                ran.append(m.name)
-    report = Stage(out, "report", {"clusters": cfg.validation.clusters},
-                   after=list(mapped.values()))
-    if report.run(lambda: reporting.report(cfg, data, trained, mapped, out, report.folder,
-                                           say), say):
-        ran.append(report.name)
-    say(f"quality: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
-    return QualityResult(out, pd.read_csv(out / "report" / "runs.csv"),
-                         pd.read_csv(out / "report" / "comparison.csv"), ran)
+            if trained is not None:
+                trained[variant, seed] = t
+            if mapped is not None:
+                mapped[variant, seed] = m
+            cost = cfg.train.epochs + (2 if seed == first else 1)
+            units.append(Unit(f"{variant}/seed{seed}", len(units), cost,
+                              run=partial(body, t, m, weight, seed), done=m.finished))
+    return units
 
 
 def load_data(cfg: QualityConfig) -> QualityData:
@@ -219,4 +291,4 @@ def stratified_head(labels: np.ndarray, n: int | None) -> np.ndarray:
     return np.sort(np.array(picked))
 
 
-__all__ = ["QualityData", "QualityResult", "load_data", "run", "stratified_head"]
+__all__ = ["QualityData", "QualityResult", "load_data", "run", "stratified_head", "study_units"]

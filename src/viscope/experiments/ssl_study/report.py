@@ -30,8 +30,10 @@ def metric_names(cfg: SSLStudyConfig) -> dict[str, str]:
 
 
 def write(cfg: SSLStudyConfig, evals: Mapping[tuple[str, str, int], Stage], out: Path,
-          say: Log) -> pd.DataFrame:
-    """Write ``report/`` and ``summary.md``; return the per-run table."""
+          say: Log, missing: Sequence[str] = ()) -> pd.DataFrame:
+    """Write ``report/`` and ``summary.md`` from the finished runs ``evals``; return the
+    per-run table. ``missing``: ids of the runs not finished yet (the summary says the
+    tables are partial)."""
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     names = metric_names(cfg)
@@ -48,7 +50,10 @@ def write(cfg: SSLStudyConfig, evals: Mapping[tuple[str, str, int], Stage], out:
          f"({cfg.data.image_size} px)")
     atomic_write_text(out / "summary.md", f"# {cfg.name}\n\nTest split, mean ± std over seeds "
                       f"{cfg.seeds}; p: paired t-test against `supervised` over the same seeds "
-                      f"(two-sided; — where undefined).\n\n{md}")
+                      f"(two-sided; — where undefined).\n\n"
+                      + (f"**Partial**: {len(missing)} run(s) not finished yet (listed in "
+                         f"missing.txt): {', '.join(missing)}.\n\n" if missing else "")
+                      + md)
     say(f"report: {folder}")
     return runs
 

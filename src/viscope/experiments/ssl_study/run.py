@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ from viscope.experiments.ssl_study.config import (
     SSLStudyConfig,
     load_config,
 )
+from viscope.experiments.units import (
+    DEFAULT_LOCK_TIMEOUT,
+    Unit,
+    parse_shard,
+    tabulate,
+    work,
+    write_missing,
+)
 from viscope.io import atomic_write_json
 from viscope.stages import Stage, open_run_folder
 
@@ -45,26 +54,91 @@ Log = Callable[[str], None]
 SPLITS = ("train", "val", "test")
 
 
-def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None = print
-        ) -> pd.DataFrame:
+def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None = print,
+        shard: str | None = None, balance: str = "index",
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT, collect: bool = False) -> pd.DataFrame:
     """Run the study of ``config`` into ``out`` (resumable; see the module).
 
+    The study is a list of work units (:func:`study_units`), one per backbone × variant
+    × seed (its pre-training, training and evaluation). Several workers may share
+    ``out``: each runs the units of its ``shard`` under a lock per unit
+    (:mod:`viscope.experiments.units`), then writes the report from what is finished
+    (partial, with ``missing.txt`` listing the rest, until every unit is).
+
+    Args:
+        config: the study (or its YAML file).
+        out: the run folder (re-running resumes it).
+        log: receives one line per event (``None``: silent).
+        shard: ``"k/n"``: run only the k-th of n shares of the units (all when ``None``).
+        balance: ``"index"`` or ``"cost"`` (see :func:`viscope.experiments.units.assign`).
+        lock_timeout: seconds without heartbeat after which a unit's lock is a dead
+            worker's and taken over.
+        collect: run nothing; write the report from what is finished.
+
     Returns:
-        The per-run table (``report/runs.csv``).
+        The per-run table of the finished runs (``report/runs.csv``).
 
     Raises:
-        ViscopeError: unknown variants or data without masks (before any training).
+        ViscopeError: unknown variants or data without masks, a bad ``shard`` or
+            ``balance`` (before any training).
     """
     from viscope.experiments.ssl_study import report
 
     cfg = config if isinstance(config, SSLStudyConfig) else load_config(config)
     say = log or (lambda _s: None)
+    parse_shard(shard)  # a bad --shard fails before anything is written
     _check(cfg)
-    out = open_run_folder(out, cfg.model_dump())
+    out = Path(out) if collect else open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
-    splits = _splits(cfg)
-    data_in = cfg.data.model_dump()
     evals: dict[tuple[str, str, int], Stage] = {}
+    units = study_units(cfg, out, say, evals)
+    done = work(units, out, shard=shard, balance=balance, timeout=lock_timeout,
+                collect=collect, log=say)
+
+    def write(missing: list[str]) -> pd.DataFrame:
+        write_missing(out / "missing.txt", missing)
+        finished = {k: st for k, st in evals.items() if st.finished()}
+        if not finished:
+            say(f"ssl-study: no run finished yet; missing {', '.join(missing)}")
+            return pd.DataFrame()
+        return report.write(cfg, finished, out, say, missing)
+
+    runs, missing = tabulate(units, write)
+    if done.ran or not missing:
+        say(f"ssl-study: {time.perf_counter() - started:.0f} s; summary in "
+            f"{out / 'summary.md'}")
+    return runs
+
+
+def study_units(cfg: SSLStudyConfig, out: Path, say: Log,
+                evals: dict[tuple[str, str, int], Stage] | None = None) -> list[Unit]:
+    """The study's units in their fixed order: backbones, then variants, then seeds; id
+    ``<backbone>/<variant>/seed<k>``. A unit runs its chain pretrain → train → eval (each
+    a cached stage, so a unit taken over from a dead worker resumes where it stopped).
+
+    A unit's seed is its own (never the shard's); its cost estimate is its pre-training
+    and training epochs. ``evals``, when given, receives each unit's evaluation
+    :class:`~viscope.stages.Stage` by ``(backbone, variant, seed)``.
+    """
+    data: dict[str, Any] = {}
+
+    def splits() -> dict[str, Any]:  # loaded by the first unit that trains, once
+        if not data:
+            data.update(_splits(cfg))
+        return data
+
+    def chain(bb: BackboneConfig, variant: str, seed: int, pre: Stage | None, tr: Stage,
+              ev: Stage) -> None:
+        if pre is not None:
+            pre.run(lambda: _pretrain(cfg, bb, splits(), variant, seed, pre.folder, say), say,
+                    f"{bb.tag}/{pre.name}")
+        tr.run(lambda: _train(cfg, bb, splits(), variant, seed, pre, tr.folder, say), say,
+               f"{bb.tag}/{tr.name}")
+        ev.run(lambda: _evaluate(cfg, splits(), tr, ev.folder, say), say,
+               f"{bb.tag}/{ev.name}")
+
+    data_in = cfg.data.model_dump()
+    units: list[Unit] = []
     for bb in cfg.backbones:
         for variant in cfg.variants:
             for seed in cfg.seeds:
@@ -74,22 +148,19 @@ def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None
                     pre = Stage(folder, f"pretrain-{variant}-s{seed}",
                                 {"data": data_in, "backbone": bb.model_dump(),
                                  "pretrain": cfg.pretrain.model_dump(), "seed": seed})
-                    pre.run(lambda p=pre, v=variant, s=seed, b=bb: _pretrain(
-                        cfg, b, splits, v, s, p.folder, say), say, f"{bb.tag}/{pre.name}")
                 tr = Stage(folder, f"train-{variant}-s{seed}",
                            {"data": data_in, "backbone": bb.model_dump(),
                             "train": cfg.train.model_dump(), "variant": variant, "seed": seed},
                            after=[pre] if pre is not None else [])
-                tr.run(lambda t=tr, p=pre, v=variant, s=seed, b=bb: _train(
-                    cfg, b, splits, v, s, p, t.folder, say), say, f"{bb.tag}/{tr.name}")
                 ev = Stage(folder, f"eval-{variant}-s{seed}",
                            {"evaluation": cfg.evaluation.model_dump()}, after=[tr])
-                ev.run(lambda e=ev, t=tr: _evaluate(cfg, splits, t, e.folder, say), say,
-                       f"{bb.tag}/{ev.name}")
-                evals[bb.tag, variant, seed] = ev
-    runs = report.write(cfg, evals, out, say)
-    say(f"ssl-study: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
-    return runs
+                if evals is not None:
+                    evals[bb.tag, variant, seed] = ev
+                cost = cfg.train.epochs + (cfg.pretrain.epochs if pre is not None else 0)
+                units.append(Unit(f"{bb.tag}/{variant}/seed{seed}", len(units), cost,
+                                  run=partial(chain, bb, variant, seed, pre, tr, ev),
+                                  done=ev.finished))
+    return units
 
 
 def _check(cfg: SSLStudyConfig) -> None:
@@ -199,4 +270,4 @@ def _evaluate(cfg: SSLStudyConfig, splits: dict, trained: Stage, folder: Path, s
     return metrics
 
 
-__all__ = ["run"]
+__all__ = ["run", "study_units"]
