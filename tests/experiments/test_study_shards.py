@@ -26,10 +26,16 @@ def _tiny():
         "init.samples": 300, "target": 0.15, "conditions.train_fraction": [1.0]})
 
 
+def _label(uid: str) -> str:
+    """The stage label a unit's training logs (``frac1/pca/seed1`` → ``frac1/pca-s1``)."""
+    cond, method, seed = uid.split("/")
+    return f"{cond}/{method}-s{seed.removeprefix('seed')}"
+
+
 def _deterministic(table: pd.DataFrame) -> pd.DataFrame:
     # wall seconds differ between any two runs, even of one process: everything else
     # (epochs to target, accuracies, their tests) must be equal
-    return table.drop(columns=[c for c in table if c.startswith("seconds")])
+    return table.drop(columns=[c for c in table if "seconds" in c])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +60,7 @@ def test_two_shards_one_after_the_other_equal_one_process(tmp_path, one_process)
     run(cfg, out, log=said.append, shard="0/2")
     # shard 0 trained its units only; shard 1's folders do not exist, and it says so
     trained = sorted(s.split(":")[0] for s in said if ": done in" in s)
-    assert trained == ["frac1/default-s0", "frac1/pca-s0"]
+    assert trained == [_label(u) for u in SHARD0]
     assert not (out / "frac1" / "default-s1").exists() and not (out / "frac1" / "pca-s1").exists()
     assert (out / "missing.txt").read_text().split() == SHARD1
     assert "**Partial**: 2 run(s)" in (out / "summary.md").read_text()
@@ -138,3 +144,63 @@ def test_bad_work_options_are_one_line_exit_2(tmp_path, capsys, command, args, m
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err and message in err
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_two_init_study_shards_at_once_in_their_own_processes(tmp_path, one_process):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_tiny().model_dump()))
+    out = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    workers = [subprocess.Popen([sys.executable, "-m", "viscope.cli", "init-study", "--config",
+                                 str(config), "--out", str(out), "--shard", f"{k}/2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env) for k in (0, 1)]
+    texts = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], texts
+    for text, mine in zip(texts, (SHARD0, SHARD1), strict=True):  # each trained its own
+        done = sorted(line.split(":")[0] for line in text.splitlines() if ": done in" in line)
+        assert done == sorted(_label(u) for u in mine), text
+    # whichever finished last wrote the complete tables
+    assert not (out / "missing.txt").exists()
+    a = pd.read_csv(one_process / "report" / "history.csv").drop(columns="seconds")
+    b = pd.read_csv(out / "report" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+QUALITY = {
+    "data.n": 48, "data.image_size": 32,
+    "model.args": {"encoder": "tu-test_efficientnet", "encoder_depth": 3,
+                   "decoder_channels": [16, 8, 8]},
+    "train.epochs": 1, "train.batch_size": 16, "train.seeds": [0],
+    "validation.methods": ["saliency", "gradcam"], "validation.images": 9,
+    "validation.clusters": 2, "validation.deletion_steps": 4,
+    "validation.reconstructions": 3,
+}
+
+
+@pytest.mark.slow
+def test_quality_shards_equal_one_process_and_the_report_waits(tmp_path):
+    from viscope.experiments.quality.config import load_config as quality_config
+    from viscope.experiments.quality.run import run as quality
+
+    cfg = quality_config(overrides=QUALITY)
+    one = quality(cfg, tmp_path / "one", log=None)
+    out = tmp_path / "shared"
+    first = quality(cfg, out, log=None, shard="0/2")  # units plain/seed0, fgrnet/seed0
+    assert first.ran == ["train-plain-s0", "maps-plain-s0"] and first.comparison.empty
+    assert (out / "missing.txt").read_text().split() == ["fgrnet/seed0"]
+    assert not (out / "report").exists() and not (out / "train-fgrnet-s0").exists()
+    second = quality(cfg, out, log=None, shard="1/2")
+    assert second.ran == ["train-fgrnet-s0", "maps-fgrnet-s0", "report"]
+    assert not (out / "missing.txt").exists()
+    pd.testing.assert_frame_equal(_deterministic(second.runs), _deterministic(one.runs),
+                                  check_exact=True)
+    for name in ("comparison.csv", "energy.csv", "clusters.csv"):
+        pd.testing.assert_frame_equal(_deterministic(pd.read_csv(out / "report" / name)),
+                                      _deterministic(pd.read_csv(tmp_path / "one" / "report"
+                                                                 / name)), check_exact=True)
