@@ -148,11 +148,11 @@ def test_a_resumed_training_appends_without_duplicates(
     tracked: dict[str, Any], tmp_path: Path
 ) -> None:
     splits = tracked["splits"]
-    first = InvarianceTracker(FAMILIES, "val", **PROBE)
+    first = InvarianceTracker(FAMILIES, "val", every=1, **PROBE)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _fit(tmp_path, splits, [first, Crash()], keep_checkpoints=True)
     assert sorted(pd.read_csv(tmp_path / TABLE)["epoch"].unique()) == [0, 1, 2]
-    second = InvarianceTracker(FAMILIES, "val", **PROBE)
+    second = InvarianceTracker(FAMILIES, "val", every=1, **PROBE)
     _fit(tmp_path, splits, [second])
     # Lightning resumes from the last improving epoch's checkpoint and trains the epochs
     # after it again: those are measured again, replacing their rows
@@ -166,7 +166,8 @@ def test_invariant_by_construction_gives_zero_at_every_epoch(tmp_path: Path) -> 
     """digits are grey (R = G = B): grayscale changes no image, so TV ~ 0 (float rounding
     of the luma weights) while SV is not."""
     splits = {s: data.create("digits", split=s, n=60, seed=0) for s in ("train", "val")}
-    tracker = InvarianceTracker("grayscale", "val", samples=8, params=3, figures=False)
+    tracker = InvarianceTracker("grayscale", "val", every=1, samples=8, params=3,
+                                figures=False)
     torch.manual_seed(0)
     fit(models.create("test_vit", num_classes=10, **TINY), splits, out=tmp_path, epochs=2,
         batch_size=16, progress=False, callbacks=[tracker])

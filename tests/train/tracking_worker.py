@@ -45,7 +45,7 @@ if __name__ == "__main__":
                 torch.save({"model": module.model.state_dict(), "world": world},
                            Path(sys.argv[1]) / "final.pt")
 
-    tracker = InvarianceTracker(FAMILIES, "val", figures=False, **PROBE)
+    tracker = InvarianceTracker(FAMILIES, "val", every=1, figures=False, **PROBE)
     fit(model(), splits(), out=sys.argv[1], epochs=EPOCHS, batch_size=16, progress=False,
         accelerator="cpu", devices=2, strategy="ddp",
         callbacks=[tracker, FinalWeights()])

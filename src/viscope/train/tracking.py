@@ -59,8 +59,15 @@ class InvarianceTracker(pl.Callback):
             dataset name, or ``"val"`` / ``"train"``: the split the trainer validates /
             trains on (the probe subset is the same at every measurement).
         every: measure after every ``every`` epochs (and after the last one).
-        samples: probe images (a subset seeded by ``seed``).
+        samples: probe images (a subset seeded by ``seed``; the same images at every
+            epoch, so that a change between epochs is the model's, not the probe's).
         params: parameter values per family (``family.grid(params)``).
+
+    The defaults (``every=4, samples=16, params=4``) keep the tracker's cost near 15 %
+    of the training time at the matrix demo's sizes with its ten families
+    (``benchmarks/tracking_overhead.py``); at 16 samples a layer's NV varies by about
+    0.02-0.04 between probe seeds on the demo models (as at 32), so compare epochs, not
+    runs with different probes.
         layers: layer glob patterns (None: the model's default layers).
         measure: a registered invariance measure (``viscope list measures``).
         seed: seeds the probe subset.
@@ -84,8 +91,8 @@ class InvarianceTracker(pl.Callback):
         families: str | Sequence[str],
         dataset_or_probe: Dataset | str = "val",
         *,
-        every: int = 1,
-        samples: int = 32,
+        every: int = 4,
+        samples: int = 16,
         params: int = 4,
         layers: str | Sequence[str] | None = None,
         measure: str = "nv",
@@ -119,6 +126,8 @@ class InvarianceTracker(pl.Callback):
         self.table = pd.DataFrame()
         #: ``(epoch, seconds)`` of each measurement this session (all families, this rank)
         self.seconds: list[tuple[int, float]] = []
+        #: seconds spent writing the figures at the end of training (rank 0)
+        self.figure_seconds = 0.0
         self._dataset: Dataset | None = None
         self._folder: Path | None = None
         self._step = -1  # the global step last measured at
@@ -127,13 +136,14 @@ class InvarianceTracker(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._folder = Path(self.out or trainer.default_root_dir)
         self._dataset = self._resolve_probe(trainer)
-        if len(self._dataset) < self.samples:  # type: ignore[arg-type]
-            warnings.warn(f"the invariance probe has {len(self._dataset)} items; tracking "  # type: ignore[arg-type]
-                          f"on all of them, not samples={self.samples}", stacklevel=2)
+        n = len(self._dataset)  # type: ignore[arg-type]
+        if n < self.samples:
+            warnings.warn(f"the invariance probe has {n} items; tracking on all of them, "
+                          f"not samples={self.samples}", stacklevel=2)
         if trainer.is_global_zero and (self._folder / TABLE).is_file():
             self.table = pd.read_csv(self._folder / TABLE)  # a resumed run appends to it
         epoch = trainer.current_epoch  # 0, or the epochs a resumed run has done
-        if epoch % self.every == 0 and not self._measured(epoch):
+        if epoch % self.every == 0 and not self._measured(trainer, epoch):
             self._track(trainer, pl_module, epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -147,8 +157,10 @@ class InvarianceTracker(pl.Callback):
         if trainer.global_step != self._step:  # stopped inside an epoch (max_steps)
             self._track(trainer, pl_module, trainer.current_epoch)
         if self.figures and trainer.is_global_zero and not self.table.empty:
+            start = time.perf_counter()
             plot_tracking(self.table, self._folder or Path(trainer.default_root_dir),
                           quantity=self.spec.primary)
+            self.figure_seconds = time.perf_counter() - start
 
     # -- the measurement ---------------------------------------------------------------
     def measure_now(self, model: torch.nn.Module, epoch: int) -> pd.DataFrame:
@@ -200,18 +212,12 @@ class InvarianceTracker(pl.Callback):
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / TABLE, self.table.to_csv(index=False))
 
-    def _measured(self, epoch: int) -> bool:
-        """Whether the table read back holds every family at ``epoch`` (rank 0's view;
-        other ranks read no table, so all ranks must agree: they measure together)."""
-        import torch.distributed as dist
-
+    def _measured(self, trainer: pl.Trainer, epoch: int) -> bool:
+        """Whether the table read back holds every family at ``epoch``: rank 0's answer
+        (the others read no table), sent to every rank, since they measure together."""
         have = bool(not self.table.empty and set(self.families) <= set(
             self.table.loc[self.table["epoch"] == epoch, "family"]))
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([int(have)])
-            dist.broadcast(flag, 0)
-            have = bool(flag.item())
-        return have
+        return bool(trainer.strategy.broadcast(have, src=0))
 
     def _resolve_probe(self, trainer: pl.Trainer) -> Dataset:
         if not isinstance(self.probe, str):
@@ -299,8 +305,9 @@ def plot_tracking(table: pd.DataFrame | str | Path, folder: str | Path,
     # one figure, a panel per family: ten separate PNGs cost ~3 s at the end of training
     cols = min(len(groups), 4)
     rows_ = -(-len(groups) // cols)
+    # fixed margins: constrained layout measured every label, doubling the drawing time
     fig, axes = plt.subplots(rows_, cols, figsize=(3.6 * cols + 1, 3 * rows_ + 0.6),
-                             layout="constrained", squeeze=False)
+                             squeeze=False, gridspec_kw={"hspace": 0.35, "wspace": 0.3})
     for ax, (family, rows) in zip(axes.flat, groups, strict=False):
         for epoch, part in rows.groupby("epoch"):
             ax.plot(part["depth"] * 100, part[quantity], marker="o", ms=3,
@@ -314,8 +321,8 @@ def plot_tracking(table: pd.DataFrame | str | Path, folder: str | Path,
             ax.set_xlabel("relative depth of layer (%)")
     for ax in axes[:, 0]:
         ax.set_ylabel(label)
-    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes,
-                       label="epoch (0: before training)")
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(),
+                       label="epoch (0: before training)", fraction=0.03, pad=0.02)
     bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     fig.suptitle(f"{label} per layer during training, one line per epoch")
     save_figure(fig, folder / DEPTH_FIGURE)
