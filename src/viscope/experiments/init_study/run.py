@@ -13,6 +13,8 @@ re-run skips finished runs and a changed setting re-runs only the runs it belong
                                        init and of the best checkpoint), init.json
     OUT/report/   history.csv, table.csv, table.md, curves.png, filters.png
     OUT/summary.md
+    OUT/missing.txt   the units not finished yet, one id a line (absent when complete)
+    OUT/.locks/       a lock file per unit while a worker runs it (--shard)
 
 The training subset of a condition is a stratified, seeded (``data.seed``) part of the
 train split (:func:`viscope.data.split_indices`): the same images for every method and

@@ -16,6 +16,8 @@ resumes from its own checkpoint)::
                                    confusion.png, reconstructions.png, class_maps_*.png,
                                    clusters_*.png, comparison.png
     OUT/summary.md
+    OUT/missing.txt                the units not finished yet (absent when complete)
+    OUT/.locks/                    a lock file per unit while a worker runs it (--shard)
 
 Variants: ``plain`` (cross-entropy alone, reconstruction weight 0: the same network, its
 decoder unused) and ``fgrnet`` (cross-entropy + reconstruction MSE, weighted as the config

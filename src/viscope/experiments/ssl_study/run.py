@@ -14,6 +14,8 @@ variant, seed); a changed setting re-runs its units)::
     OUT/report/   runs.csv, table.csv (mean ± std, paired t-test against supervised),
                   table.md, ssl_study.png
     OUT/summary.md
+    OUT/missing.txt   the units not finished yet, one id a line (absent when complete)
+    OUT/.locks/       a lock file per unit while a worker runs it (--shard)
 
 The explanation scores use the test images' object masks (``shapes``); the target is each
 image's true class. NV is the mean over layers (default layers), then over the families.
