@@ -53,6 +53,12 @@ def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progre
                       f"(heatmap {r.folder / 'invariance.png'})")
         out_console.print(f"  accuracy table:   {r.folder / 'accuracy.csv'} "
                       f"(heatmap {r.folder / 'accuracy.png'})")
+        if r.explanation is not None:
+            out_console.print(f"  explanation:      {r.folder / 'explanation.csv'} "
+                              f"(heatmap {r.folder / 'explanation.png'})")
+        if (r.folder / "invariance_by_epoch.csv").is_file():
+            out_console.print(f"  tracking:         {r.folder / 'invariance_by_epoch.csv'} "
+                              f"(figure {r.folder / 'invariance_by_epoch.png'})")
         out_console.print(f"  summary:          {r.folder / 'summary.md'}")
     from viscope.report.html import write_report  # one page of the whole run folder
 
@@ -89,11 +95,25 @@ def matrix(
         help="slurm (or local): submit --tasks array tasks through submitit, each running "
              "its --shard, instead of running here")] = None,
     tasks: Annotated[int, typer.Option(help="array tasks of --submit")] = 1,
+    track_invariance: Annotated[str | None, typer.Option(
+        help="families (rotation,brightness): every training measures NV per layer at "
+             "epoch 0 and every --track-every epochs (invariance_by_epoch.csv in its folder, "
+             "combined per model); a finished training is trained again to track it")] = None,
+    track_every: Annotated[int | None, typer.Option(
+        help="epochs between --track-invariance measurements (and after the last)")] = None,
+    explain: Annotated[str | None, typer.Option(
+        help="an attribution method (gradcam): every cell also measures how well its maps "
+             "move with the image (explanation.csv: mean correlation, higher = more "
+             "equivariant); trainings and NV cells are kept")] = None,
 ) -> None:
     """Train one model per augmentation family and measure each against every family."""
     overrides = parse_kv(set_, "--set")
     if devices is not None:
         overrides["devices"] = devices
+    for key, value in (("track_invariance", track_invariance), ("track_every", track_every),
+                       ("explain", explain)):
+        if value is not None:
+            overrides[key] = value
     if dataset_root is not None:
         if not Path(dataset_root).exists():
             raise ViscopeError(f"--dataset-root {dataset_root} does not exist; give a folder "

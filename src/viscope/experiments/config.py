@@ -69,14 +69,45 @@ class MatrixConfig(BaseModel):
     layers: str | list[str] | None = None
     measure_batch_size: int = 256
     accuracy_params: int | None = None
+    # explanation equivariance (viscope.evaluate.equivariance_cell) of every measured
+    # cell: an attribution method ("gradcam"; None: off), its probe images and parameter
+    # values (None: ``samples`` / ``params``)
+    explain: str | None = None
+    explain_samples: int | None = None
+    explain_params: int | None = None
+    # invariance during training (viscope.train.tracking.InvarianceTracker) of every
+    # training: the families tracked (None: off), every k epochs, on a probe of the val split
+    track_invariance: list[str] | None = None
+    track_every: int = 4
+    track_samples: int = 16
+    track_params: int = 4
 
-    @field_validator("train_families", "eval_families")
+    @field_validator("track_invariance", mode="before")
     @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
+    def _comma_list(cls, v: Any) -> Any:
+        # --track-invariance rotation,brightness and --set track_invariance=rotation
+        if isinstance(v, str):
+            return [f.strip() for f in v.split(",") if f.strip()] or None
+        return v
+
+    @field_validator("explain")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        from viscope.explain.api import METHODS
+
+        if v is not None and v not in METHODS:
+            known = list(METHODS)
+            raise ValueError(f"unknown attribution method {v!r}.{suggest(v, known)} "
+                             f"Known: {', '.join(known)}")
+        return v
+
+    @field_validator("train_families", "eval_families", "track_invariance")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
         from viscope.transforms import list_transforms
 
         known = list_transforms()
-        for name in v:
+        for name in v or []:
             if name not in known:
                 raise ValueError(f"unknown family {name!r}.{suggest(name, known)} "
                                  f"Known: {', '.join(known)}")

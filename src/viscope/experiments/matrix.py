@@ -78,9 +78,11 @@ def run_matrix(cfg: MatrixConfig, out: str | Path, *, log: Log | None = print,
     units = matrix_units(cfg, out, log, progress, runs)
     mine = [] if collect else select(units, shard, balance)
     out.mkdir(parents=True, exist_ok=True)
-    if not collect and main:
+    # --collect before any worker started has no config.yaml: the report needs one
+    if main and (not collect or not (out / "config.yaml").is_file()):
         atomic_write_text(out / "config.yaml",
                           yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    if not collect and main:
         atomic_write_json(out / "environment.json", environment())
     if group_size() == 1:  # no process group: this process alone (srun without --devices)
         work = run_units(mine, out, timeout=lock_timeout, log=log)

@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 
 from viscope.experiments.config import MatrixConfig, ModelConfig
-from viscope.experiments.matrix_unit import _ModelRun, _read_json
+from viscope.experiments.matrix_tracking import track_tables
+from viscope.experiments.matrix_unit import _ModelRun, _read_json, cell_parts
 from viscope.io import atomic_write_text
 from viscope.report import write_table_set
 
+#: the explanation-equivariance scores a cell records (equivariance_cell's keys)
+EXPLANATION = ("correlation", "difference", "ratio")
 
 @dataclass
 class MatrixResult:
@@ -35,12 +38,16 @@ class MatrixResult:
     measured: int
     missing: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
+    #: mean explanation-equivariance correlation (``explain``; None when off)
+    explanation: pd.DataFrame | None = None
+    explanation_std: pd.DataFrame | None = None
 
 
 def _collect(cfg: MatrixConfig, mc: ModelConfig, folder: Path) -> pd.DataFrame:
     """The finished cells; one that records other inputs than ``cfg``'s is left out (a
     stale cell waiting to be measured again), one without a record is kept (written by an
-    older viscope, or by hand)."""
+    older viscope, or by hand). The explanation scores (``EXPLANATION``) are NaN unless
+    the cell's explanation part matches ``cfg.explain``'s settings."""
     run = _ModelRun(cfg, mc, folder, lambda s: None, False)
     rows = []
     for fam in cfg.train_families:
@@ -48,11 +55,18 @@ def _collect(cfg: MatrixConfig, mc: ModelConfig, folder: Path) -> pd.DataFrame:
             want = run.inputs(fam, seed)
             for ev in ["clean", *cfg.eval_families]:
                 c = _read_json(folder / "cells" / fam / f"seed{seed}" / f"{ev}.json")
-                if c is not None and c.get("inputs", want[ev]) == want[ev]:
-                    rows.append({"train": fam, "eval": ev, "seed": seed,
-                                 "nv": c.get("nv", np.nan), "accuracy": c["accuracy"]})
-    return pd.DataFrame(rows, columns=["train", "eval", "seed", "nv", "accuracy"]).astype(
-        {"nv": "float64", "accuracy": "float64"})
+                if c is None:
+                    continue
+                parts = cell_parts(c["inputs"], want[ev]) if "inputs" in c else set()
+                if "cell" in parts:
+                    continue
+                expl = c.get("explanation") if "explain" not in parts else None
+                rows.append({"train": fam, "eval": ev, "seed": seed,
+                             "nv": c.get("nv", np.nan), "accuracy": c["accuracy"],
+                             **{k: (expl or {}).get(k, np.nan) for k in EXPLANATION}})
+    cols = ["nv", "accuracy", *EXPLANATION]
+    return pd.DataFrame(rows, columns=["train", "eval", "seed", *cols]).astype(
+        dict.fromkeys(cols, "float64"))
 
 
 def _pivot(cells: pd.DataFrame, value: str, rows: list[str], cols: list[str]):
@@ -69,18 +83,25 @@ def _pivot(cells: pd.DataFrame, value: str, rows: list[str], cols: list[str]):
     return mean, std, per_seed
 
 
+def _with_average(cells: pd.DataFrame, value: str, rows: list[str], evs: list[str]):
+    """The train x eval table of ``value`` (means over seeds, std when several) with the
+    ``average`` column: the average over evaluation families per seed (missing while a
+    family is unmeasured: a partial table must not show an average of fewer columns),
+    then mean/std over seeds."""
+    mean, std, per_seed = _pivot(cells, value, rows, evs)
+    avg = per_seed.reindex(columns=evs).mean(axis=1, skipna=False).groupby(level="train")
+    mean["average"] = avg.mean().reindex(rows)
+    if std is not None:
+        std["average"] = avg.std(ddof=1).reindex(rows)
+    return mean, std
+
+
 def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
               measured: int, classes: int | None = None,
               missing: list[str] | None = None) -> MatrixResult:
     cells = _collect(cfg, mc, folder)
     rows, evs = cfg.train_families, cfg.eval_families
-    inv, inv_std, per_seed = _pivot(cells[cells["eval"] != "clean"], "nv", rows, evs)
-    # average over evaluation families per seed (missing while a family is unmeasured:
-    # a partial table must not show an average of fewer columns), then mean/std over seeds
-    avg = per_seed.reindex(columns=evs).mean(axis=1, skipna=False).groupby(level="train")
-    inv["average"] = avg.mean().reindex(rows)
-    if inv_std is not None:
-        inv_std["average"] = avg.std(ddof=1).reindex(rows)
+    inv, inv_std = _with_average(cells[cells["eval"] != "clean"], "nv", rows, evs)
     acc, acc_std, _ = _pivot(cells, "accuracy", rows, ["clean", *evs])
     what = f"{mc.label or mc.name} on {cfg.dataset} ({cfg.image_size} px)"
     seeds = f", mean ± std over {len(cfg.seeds)} seeds" if len(cfg.seeds) > 1 else ""
@@ -91,28 +112,46 @@ def _tabulate(cfg: MatrixConfig, mc: ModelConfig, folder: Path, trained: int,
     write_table_set(acc, acc_std, folder, "accuracy",
                     title=f"Test accuracy under each transformation · {what}{seeds}",
                     colorbar="accuracy (fraction correct)", lower_is_better=False)
+    expl = expl_std = None
+    if cfg.explain:
+        # the correlation is the table: 1 = the map moves exactly with the image, its
+        # direction (higher = more equivariant) needs no reference; the NV-style ratio
+        # (lower = more equivariant) is written beside it as a CSV
+        measured_cells = cells[cells["eval"] != "clean"]
+        expl, expl_std = _with_average(measured_cells, "correlation", rows, evs)
+        write_table_set(expl, expl_std, folder, "explanation",
+                        title=f"{cfg.explain} equivariance · {what}{seeds}\n"
+                              f"(correlation; higher = more equivariant)",
+                        colorbar="map correlation", lower_is_better=False)
+        ratio, _ = _with_average(measured_cells, "ratio", rows, evs)
+        atomic_write_text(folder / "explanation_ratio.csv",
+                          ratio.to_csv(index_label="train", float_format="%.6g"))
+    track_tables(cfg, mc, folder)
     atomic_write_text(folder / "summary.md", summary(inv, acc, mc.label or mc.name, cfg,
                                                          mc.epochs or cfg.epochs, classes,
-                                                         missing))
+                                                         missing, expl))
     missing_file = folder / "missing.txt"
     if missing:
         atomic_write_text(missing_file, "\n".join(missing) + "\n")
     else:
         missing_file.unlink(missing_ok=True)
     return MatrixResult(mc.tag, folder, inv, inv_std, acc, acc_std, trained, measured,
-                        list(missing or []))
+                        list(missing or []), explanation=expl, explanation_std=expl_std)
 
 
 def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
             epochs: int | None = None, classes: int | None = None,
-            missing: list[str] | None = None) -> str:
-    """A short, number-backed reading of the two tables (``missing``: the unfinished
-    units of a partial matrix, said first)."""
+            missing: list[str] | None = None, explanation: pd.DataFrame | None = None
+            ) -> str:
+    """A short, number-backed reading of the tables (``missing``: the unfinished units of
+    a partial matrix, said first; ``explanation``: the explanation-equivariance table,
+    read by :func:`explanation_summary`)."""
     epochs = epochs or cfg.epochs
     lines = [f"# Invariance matrix: {name}", "",
              f"Dataset `{cfg.dataset}` at {cfg.image_size} px; {epochs} epochs per model; "
              f"NV from {cfg.samples} test samples × {cfg.params} parameter values; "
-             f"seeds {cfg.seeds}. Lower NV = more invariant.", ""]
+             f"{'seed' if len(cfg.seeds) == 1 else 'seeds'} "
+             f"{', '.join(map(str, cfg.seeds))}. Lower NV = more invariant.", ""]
     if missing:
         lines += [f"**Partial**: {len(missing)} unit(s) not finished yet (listed in "
                   f"missing.txt); their cells are blank and nothing below counts them.", ""]
@@ -166,4 +205,34 @@ def summary(inv: pd.DataFrame, acc: pd.DataFrame, name: str, cfg: MatrixConfig,
         if drops.notna().any():
             lines.append(f"- The identity-trained model loses most accuracy under "
                          f"{drops.idxmin()} ({drops.min():+.3f}).")
+    if explanation is not None:
+        lines += explanation_summary(explanation, cfg.explain or "the explanation")
     return "\n".join(lines) + "\n"
+
+
+def explanation_summary(expl: pd.DataFrame, method: str, tol: float = 1e-6) -> list[str]:
+    """The explanation table's reading: for each evaluation family with a row of its own
+    and an identity row, whether training with it made ``method``'s maps more
+    equivariant to it (diagonal correlation above the identity-trained model's), as the
+    NV lines do for the activations."""
+    evs = [c for c in expl.columns if c != "average"]
+    lines = ["", f"## {method} equivariance (correlation of the transformed image's map with "
+             "the transformed map; higher = more equivariant)", ""]
+    if "identity" not in expl.index:
+        return [*lines, "- No identity-trained row: nothing to compare the diagonal with."]
+    diag = [e for e in evs if e in expl.index and pd.notna(expl.loc[e, e])
+            and pd.notna(expl.loc["identity", e])]
+    more = [e for e in diag if expl.loc[e, e] > expl.loc["identity", e] + tol]
+    lines.append(f"- Training with a family made {method} more equivariant to that family "
+                 f"(diagonal correlation above the identity-trained model's) in "
+                 f"**{len(more)} of {len(diag)}** columns"
+                 + (f": {', '.join(more)}." if more else "."))
+    for e in diag:
+        d, i = expl.loc[e, e], expl.loc["identity", e]
+        lines.append(f"  - {e}: trained with {e} {d:.3f} vs identity {i:.3f} "
+                     f"({'more' if d > i + tol else 'not more'} equivariant, Δ = {d - i:+.3f})")
+    if expl["average"].notna().any():
+        lines.append(f"- Highest average correlation: **{expl['average'].idxmax()}** "
+                     f"({expl['average'].max():.3f}); lowest: {expl['average'].idxmin()} "
+                     f"({expl['average'].min():.3f}).")
+    return lines

@@ -1,7 +1,8 @@
 """Section of a train x eval matrix run folder (``viscope matrix`` / ``viscope demo``):
 per model the two heatmaps, the tables (coloured, best row per column marked) and the
-findings of ``summary.md``; a partially finished matrix shows what is finished and says
-what is missing."""
+findings of ``summary.md``, the explanation-equivariance table (``--explain``) and the
+invariance-during-training figure (``--track-invariance``) when the run has them; a
+partially finished matrix shows what is finished and says what is missing."""
 
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def _model_blocks(cfg: dict[str, Any], model: dict[str, Any], folder: Path
                    png_block(folder / "accuracy.png", f"{tag}: test accuracy, train x eval"),
                    table_block(acc, f"{tag}: test accuracy (higher = better)", index=True,
                                heat="high", note="Outlined: the best row in each column.")]
+        blocks += _extra_blocks(folder, tag)
     else:
         missing.append(f"{tag}: {len(cells)} of {expected} cells finished; the tables below "
                        "hold only those (— where none). Run the same `viscope matrix` again "
@@ -98,10 +100,37 @@ def _model_blocks(cfg: dict[str, Any], model: dict[str, Any], folder: Path
             acc = _from_cells(cells, "accuracy", rows, ["clean", *cols])
             blocks += [table_block(inv, f"{tag}: NV so far", index=True, heat="low"),
                        table_block(acc, f"{tag}: accuracy so far", index=True, heat="high")]
+            expl = [{**c, "correlation": c["explanation"].get("correlation")} for c in cells
+                    if isinstance(c.get("explanation"), dict)]
+            if expl:
+                blocks.append(table_block(_from_cells(expl, "correlation", rows, cols),
+                                          f"{tag}: explanation correlation so far",
+                                          index=True, heat="high"))
         else:
             blocks.append(text_block(f"{tag}: no cell finished yet."))
     seconds = sum(float(c.get("seconds") or 0) for c in cells)
     return blocks, missing, seconds
+
+
+def _extra_blocks(folder: Path, tag: str) -> list[dict[str, Any]]:
+    """The optional parts of a finished model: the explanation-equivariance heatmap and
+    table (``--explain``) and the invariance-during-training figure
+    (``--track-invariance``), each when its file exists."""
+    blocks = []
+    if (folder / "explanation.csv").is_file():
+        expl = read_csv(folder / "explanation.csv", "explanation table", ("train",))
+        blocks += [png_block(folder / "explanation.png",
+                             f"{tag}: explanation equivariance, train x eval"),
+                   table_block(expl.set_index("train"),
+                               f"{tag}: explanation equivariance (correlation of the "
+                               "transformed image's map with the transformed map; higher = "
+                               "more equivariant)", index=True, heat="high",
+                               note="Outlined: the best row in each column.")]
+    if (folder / "invariance_by_epoch.png").is_file():
+        blocks.append(png_block(folder / "invariance_by_epoch.png",
+                                f"{tag}: NV of the last layer during training, per training "
+                                "family (invariance_by_epoch.csv)"))
+    return blocks
 
 
 def _training_seconds(folder: Path) -> float:
