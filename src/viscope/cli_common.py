@@ -120,12 +120,10 @@ def check_work_options(out: Path, shard: str | None, balance: str,
                        lock_timeout: float | None, collect: bool) -> tuple[int, int, float]:
     """Refuse bad ``--shard/--balance/--lock-timeout`` and ``--collect`` on no folder in one
     line, before any work; return ``(k, n, lock timeout in seconds)``."""
-    from viscope.experiments.units import BALANCES, DEFAULT_LOCK_TIMEOUT, parse_shard
+    from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, assign, parse_shard
 
     k, n = parse_shard(shard)
-    if balance not in BALANCES:
-        raise ViscopeError(f"Expected --balance index or cost; got {balance!r}. 'index' gives "
-                           f"unit i to shard i mod n; 'cost' balances estimated costs.")
+    assign([], n, balance)  # refuses an unknown balance with the units' own message
     if lock_timeout is not None and not lock_timeout > 0:
         raise ViscopeError(f"Expected --lock-timeout > 0 seconds; got {lock_timeout}. It is how "
                            f"long a dead worker's unit stays locked (default "

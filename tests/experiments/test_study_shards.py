@@ -131,7 +131,7 @@ def test_collect_lists_the_missing_units_and_runs_nothing(tmp_path, one_process,
 @pytest.mark.parametrize("args, message", [
     (["--shard", "2/2"], "Expected --shard k/n with 0 <= k < n; got '2/2'"),
     (["--shard", "x"], "Expected --shard k/n with integers"),
-    (["--balance", "fast"], "Expected --balance index or cost; got 'fast'"),
+    (["--balance", "fast"], "Expected --balance (balance=) 'index' or 'cost'; got 'fast'"),
     (["--lock-timeout", "0"], "Expected --lock-timeout > 0 seconds; got 0.0"),
     (["--collect"], "Expected --out to be an existing run folder for --collect"),
 ])
