@@ -125,9 +125,10 @@ def matrix_units(cfg: MatrixConfig, out: str | Path, log: Log | None = None,
 
     ``runs``, when given, receives each model's runner by tag (its data, loaded once).
 
-    A unit's cost estimate is its epochs plus a tenth of an epoch per measured cell (a
-    relative figure for the balanced assignment; it depends on the config only, so every
-    worker computes the same assignment).
+    A unit's cost estimate is its epochs (15 % more when tracked) plus a tenth of an
+    epoch per measured cell (twice that with an explanation) (a relative figure for the
+    balanced assignment; it depends on the config only, so every worker computes the same
+    assignment).
     """
     out = Path(out)
     units = []
@@ -137,7 +138,9 @@ def matrix_units(cfg: MatrixConfig, out: str | Path, log: Log | None = None,
             runs[mc.tag] = ctx
         for seed in cfg.seeds:
             for fam in cfg.train_families:
-                cost = (mc.epochs or cfg.epochs) + 0.1 * (len(cfg.eval_families) + 1)
+                # tracking costs ~15 % of a training; an explanation about a cell more
+                cost = (mc.epochs or cfg.epochs) * (1.15 if cfg.track_invariance else 1) \
+                    + 0.1 * (len(cfg.eval_families) * (2 if cfg.explain else 1) + 1)
                 units.append(Unit(f"{mc.tag}/{fam}/seed{seed}", len(units), cost,
                                   run=partial(ctx.run, fam, seed),
                                   done=partial(ctx.done, fam, seed)))
