@@ -60,6 +60,7 @@ from viscope.invariance.measures import SameEquivariantNV
 from viscope.invariance.plan import check_int, collate, resolve_transform
 from viscope.invariance.state import MeasureOptions
 from viscope.invariance.stats import finite_mean
+from viscope.models.modes import evaluation_mode
 
 TARGETS = ("clean", "predicted")
 
@@ -205,9 +206,7 @@ def explanation_invariance(
     g = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=g)[:min(samples, len(dataset))].tolist()
     size = collate([dataset[indices[0]]]).shape[-2:]
-    was_training = model.training
-    model.to(device).eval()
-    try:
+    with evaluation_mode(model, device):  # each module's own mode comes back
         if spec.uses_layer and layer in (None, "auto"):
             layer = auto_layer(model, tuple(size))  # once, not once per call
         run = _Run(model, dataset, indices, method, layer, target, batch_size, device,
@@ -216,8 +215,6 @@ def explanation_invariance(
         for family in families:
             grid = _grid(family, params, explicit)
             out[getattr(family, "name", "custom")] = run.family(family, grid)
-    finally:
-        model.train(was_training)
     meta = {"method": method, "layer": layer, "target": target, "samples": len(indices),
             "seed": seed, "normalised": "attribute(normalize=True): clipped, min-max [0, 1]",
             "valid_tolerance": VALID_TOLERANCE}

@@ -125,13 +125,12 @@ def measure(
         variance=variance, tokens=tokens, prefix_tokens=prefix_tokens, options=options,
         transform_kwargs=transform_kwargs, num_workers=num_workers,
     )
-    was_training = setup.model.training
-    setup.model.to(setup.device).eval()
-    try:
+    from viscope.models.modes import evaluation_mode
+
+    # each module's own mode comes back (a frozen part of a training model stays in eval)
+    with evaluation_mode(setup.model, setup.device):
         plan, states = _plan(setup)
         values = _run(setup, plan, states, progress, resume, save_every)
-    finally:
-        setup.model.train(was_training)
     return _result(setup, plan, {nm: st.unit_shape for nm, st in states.items()}, values)
 
 
@@ -254,7 +253,10 @@ def _run(setup: _Setup, plan: Plan, states: dict[str, LayerState],
 
     def loader_from(batch: int) -> DataLoader:
         return DataLoader(Subset(s.dataset, s.shard[batch * s.rows:]), batch_size=s.rows,
-                          shuffle=False, num_workers=s.num_workers, collate_fn=collate)
+                          shuffle=False, num_workers=s.num_workers, collate_fn=collate,
+                          # its own generator: the loader's base seed is not drawn from the
+                          # global one, so a measurement inside a training leaves its RNG be
+                          generator=torch.Generator())
 
     bar = Progress(False, 0, "")
     guard = GracefulInterrupt(enabled=resume is not None)

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from viscope.errors import ViscopeError
+from viscope.models.modes import evaluation_mode
 from viscope.train.augment import AugmentArg, resolve_family
 from viscope.train.data import make_loader
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode on ``device``; afterwards restore every module's mode
-    and move the model back to where its parameters were."""
-    modes = {m: m.training for m in model.modules()}
-    first = next(model.parameters(), None)
-    home = first.device if first is not None else None
-    try:
-        yield model.eval().to(device)
-    finally:
-        if home is not None and home != device:
-            model.to(home)
-        for m, training in modes.items():
-            m.training = training
 
 
 def evaluate(
