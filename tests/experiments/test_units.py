@@ -105,7 +105,7 @@ def test_two_threads_racing_for_a_stale_lock_one_wins(tmp_path):
     for trial in range(20):
         path = tmp_path / f"u{trial}.lock"
         _dead_lock(path, age=100)
-        locks = [UnitLock(path, timeout=10, owner=f"t:{i}") for i in range(4)]
+        locks = [UnitLock(path, timeout=10, owner=f"t:{i}") for i in range(6)]
         start = threading.Barrier(len(locks))
         won = [False] * len(locks)
 

@@ -16,10 +16,10 @@ unreliable over NFS and die silently with the node):
 
 1. claim: ``os.open(lock, O_CREAT | O_EXCL)``, write ``{owner, token, started, heartbeat}``;
 2. a daemon thread rewrites ``heartbeat`` (atomic replace) every ``timeout / 4`` seconds;
-3. a lock whose heartbeat is older than ``timeout`` belongs to a dead worker: a taker
-   renames it to a unique name (only one rename of one file can succeed), checks that
-   the file it moved is still the stale one (else it puts it back), deletes it and claims
-   afresh with ``O_EXCL`` (so of two racing takers exactly one wins);
+3. a lock whose heartbeat is older than ``timeout`` belongs to a dead worker: takers
+   queue on ``<lock>.takeover`` (``O_EXCL``); its holder reads the lock again, deletes it
+   only if still stale and claims afresh with ``O_EXCL`` (so of any number of racing
+   takers exactly one wins, and no live lock is ever removed);
 4. the lock is deleted when the unit finishes or raises.
 """
 
@@ -194,32 +194,38 @@ class UnitLock:
                        "heartbeat": now}, f)
         return True
 
-    def _take_over(self, seen: dict | None) -> bool:
-        """Remove a stale lock so that :meth:`_create` may claim it; ``False`` if another
-        worker was first."""
-        moved = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(4)}")
+    def _take_over(self) -> bool:
+        """Replace a dead worker's lock by ours; ``False`` if another worker was first.
+
+        Takers queue on a second file, ``<lock>.takeover`` (``O_EXCL``): only its holder
+        removes the lock, and only after reading it again as stale under it, then claims
+        with ``O_EXCL`` before letting go. So a fresh lock is never removed by a slower
+        taker (renaming the stale file away, as a first version did, could move a lock
+        that a third worker had just claimed). A ``.takeover`` file older than the timeout
+        was left by a worker that died mid-takeover (a microseconds window) and is cleared.
+        """
+        mutex = self.path.with_name(f"{self.path.name}.takeover")
         try:
-            os.rename(self.path, moved)  # of racing takers, one moves it; the others fail
-        except FileNotFoundError:
-            return False
-        if _read(moved) != seen and not self._stale(_read(moved), moved):
-            # between our read and our rename another taker replaced it by a live lock:
-            # put it back (link never overwrites a newer lock) and leave the unit to it
+            os.close(os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
             try:
-                os.link(moved, self.path)
+                if time.time() - mutex.stat().st_mtime > self.timeout:
+                    mutex.unlink(missing_ok=True)
             except OSError:
                 pass
-            moved.unlink(missing_ok=True)
             return False
-        moved.unlink(missing_ok=True)
-        return True
+        try:
+            if not self._stale(self.holder()):  # already replaced by a live worker's lock
+                return False
+            self.path.unlink(missing_ok=True)
+            return self._create()
+        finally:
+            mutex.unlink(missing_ok=True)
 
     def acquire(self) -> bool:
         """Claim the lock; ``True`` when this worker now holds it (heartbeat started)."""
-        if not self._create():
-            seen = self.holder()
-            if not self._stale(seen) or not self._take_over(seen) or not self._create():
-                return False
+        if not self._create() and not (self._stale(self.holder()) and self._take_over()):
+            return False
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, daemon=True,
                                         name=f"heartbeat {self.path.name}")
