@@ -103,3 +103,10 @@ def test_tracking_added_to_a_finished_matrix_retrains_to_the_same_weights(tmp_pa
     assert res.trained == 2
     table = pd.read_csv(best.parent / "invariance_by_epoch.csv")
     assert sorted(table["epoch"].unique()) == [0, 2]
+    # a table removed by hand: that training alone is tracked again
+    (best.parent / "invariance_by_epoch.csv").unlink()
+    res = run_matrix(tiny_config(**{**TRACK, "track_every": 2}), out, log=None,
+                     progress=False)["vit"]
+    assert res.trained == 1 and res.measured == 0
+    pd.testing.assert_frame_equal(pd.read_csv(best.parent / "invariance_by_epoch.csv")
+                                  .drop(columns="seconds"), table.drop(columns="seconds"))

@@ -189,13 +189,18 @@ class _ModelRun:
 
     def _start_tracking(self, tdir: Path) -> bool:
         """Before a training: ``True`` when it must start from scratch for its tracking
-        (no record, or one of other settings); its old table and figures are removed and
-        the new settings recorded (rank 0)."""
+        (no record, one of other settings, or a table without epoch 0: removed by hand or
+        cut before its first row); its old table and figures are removed and the new
+        settings recorded (rank 0)."""
         if self.track_in is None:
             return False
-        fresh = broadcast_object(_read_json(tdir / TRACKING)) != self.track_in
+        from viscope.train.tracking import TABLE
+
+        fresh = broadcast_object(
+            _read_json(tdir / TRACKING) != self.track_in
+            or 0 not in tracked_epochs(tdir / TABLE, self.track_in["families"]))
         if fresh and leads():
-            from viscope.train.tracking import DEPTH_FIGURE, LAST_LAYER_FIGURE, TABLE
+            from viscope.train.tracking import DEPTH_FIGURE, LAST_LAYER_FIGURE
 
             for name in (TABLE, DEPTH_FIGURE, LAST_LAYER_FIGURE):
                 (tdir / name).unlink(missing_ok=True)  # the tracker would resume from it
