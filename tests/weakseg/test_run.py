@@ -81,3 +81,20 @@ def test_a_band_around_each_images_own_threshold(rule):
     kept = masks != IGNORE
     plain = threshold(maps, rule["pseudo.threshold"], rule.get("pseudo.value"), roi=roi)
     assert ((masks > 0.5) == plain)[kept].all() and (masks[~roi] == 0).all()
+
+
+def test_a_folder_run_by_a_live_worker_is_refused_and_left_alone(tmp_path):
+    """Two workers on one run folder would run the same stage: the second one stops with
+    one line naming the first, and writes nothing."""
+    from viscope.experiments.units import UnitLock
+
+    out = tmp_path / "w"
+    held = UnitLock(out / ".locks" / "weakseg.lock", timeout=60, owner="node7:42")
+    assert held.acquire()
+    try:
+        with pytest.raises(ViscopeError, match="node7:42") as err:
+            run(_cfg(), out, log=None)
+        assert "\n" not in str(err.value)
+        assert sorted(p.name for p in out.iterdir()) == [".locks"]  # nothing else written
+    finally:
+        held.release()

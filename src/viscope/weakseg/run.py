@@ -68,22 +68,43 @@ class WeaksegResult:
     ran: list[str]
 
 
-def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None = print
-        ) -> WeaksegResult:
+def run(config: WeaksegConfig | str | Path, out: str | Path, *, log: Log | None = print,
+        lock_timeout: float = 600.0) -> WeaksegResult:
     """Run the weak-label pipeline of ``config`` into ``out`` (resumable; see the module).
 
     Args:
         config: a :class:`WeaksegConfig` or a YAML file.
         out: the run folder.
         log: where progress lines go (``None``: nowhere).
+        lock_timeout: seconds without a heartbeat after which the run folder's lock
+            (``OUT/.locks/weakseg.lock``, held while this runs) is a dead worker's.
 
     Returns:
         The :class:`WeaksegResult`.
 
     Raises:
-        ViscopeError: bad settings or data (one line; finished stages are kept).
+        ViscopeError: bad settings or data (one line; finished stages are kept), or
+            another live worker is running ``out``.
     """
     cfg = config if isinstance(config, WeaksegConfig) else load_config(config)
+    from viscope.experiments.units import LOCKS, UnitLock
+
+    # one chain of stages: two workers on one folder would run the same stage, so the
+    # second is refused (a dead worker's lock is taken over after the timeout)
+    lock = UnitLock(Path(out) / LOCKS / "weakseg.lock", timeout=lock_timeout)
+    if not lock.acquire():
+        holder = (lock.holder() or {}).get("owner", "another worker")
+        raise ViscopeError(
+            f"{out} is being run by {holder} ({lock.path}); wait for it to finish, or use "
+            f"another --out. A dead worker's lock is taken over {lock_timeout:.0f} s after "
+            "its last heartbeat.")
+    try:
+        return _run(cfg, Path(out), log)
+    finally:
+        lock.release()
+
+
+def _run(cfg: WeaksegConfig, out: Path, log: Log | None) -> WeaksegResult:
     say = log or (lambda _s: None)
     out = open_run_folder(out, cfg.model_dump())
     started = time.perf_counter()
