@@ -82,6 +82,11 @@ def test_explain_added_to_a_finished_matrix_measures_only_the_explanation(tmp_pa
     assert (f"rotation: trained with rotation {d:.3f} vs identity {i:.3f} "
             f"({'more' if d > i else 'not more'} equivariant") in text
     assert f"in **{int(d > i)} of 1** columns" in text
+    from viscope.report.html import write_report
+
+    html = write_report([out]).read_text()  # the report shows the table and its heatmap
+    assert "vit: explanation equivariance, train x eval" in html
+    assert f"{table.loc['identity', 'rotation']:.3f}" in html  # table_block: 3 digits
 
     # resumed: nothing is measured again; switching explain off keeps every cell
     again = run_matrix(cfg, out, log=None, progress=False)["vit"]

@@ -97,6 +97,9 @@ def test_tracking_added_to_a_finished_matrix_retrains_to_the_same_weights(tmp_pa
     assert all(torch.equal(old[k], new[k]) for k in old)
     assert stamps(out / "vit" / "cells") == cells
     assert (best.parent / "invariance_by_epoch.csv").is_file()
+    from viscope.report.html import write_report
+
+    assert "vit: NV of the last layer during training" in write_report([out]).read_text()
     # other tracking settings: trained again, its old table replaced (no stale epochs)
     res = run_matrix(tiny_config(**{**TRACK, "track_every": 2}), out, log=None,
                      progress=False)["vit"]
