@@ -42,6 +42,7 @@ model; here the engine's state is reused on maps instead.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,10 +269,16 @@ class _Run:
     batch_size: int
     device: torch.device
     options: dict
+    caught: list[str] = field(default_factory=list)
 
     def explain(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
-        maps = attribute(self.model, images, self.method, self.layer, target=classes,
-                         **self.options)
+        # attribute warns per call about all-zero maps; one family makes many calls, so the
+        # warnings are gathered and :meth:`family` says it once, with the count
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            maps = attribute(self.model, images, self.method, self.layer, target=classes,
+                             **self.options)
+        self.caught.extend(str(w.message) for w in caught)
         # warps and statistics in float64 (the warp's float32 grid is off by ~1e-6 px)
         return maps.to(torch.float32 if maps.device.type == "mps" else torch.float64)
 
@@ -310,7 +317,17 @@ class _Run:
                     spatial=True, variance=True), maps.device, valid=valid)
             state.update(aligned.view(b, m, 1, h, w))
         spread = state.compute()
-        return acc.result(getattr(family, "name", "custom"), grid, spread)
+        name = getattr(family, "name", "custom")
+        if self.caught:
+            # a fixed text per method, layer and family, so Python's default filter
+            # shows it once per run, not once per matrix cell
+            warnings.warn(f"{self.method} at layer {self.layer!r} under {name}: some maps "
+                          "were all zero, constant or not finite (no positive evidence "
+                          "there); they enter the scores as they are (see "
+                          "viscope.explain.attribute's warning for the fix)",
+                          UserWarning, stacklevel=3)
+            self.caught.clear()
+        return acc.result(name, grid, spread)
 
 
 class _Pairs:
