@@ -7,7 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from viscope.cli_common import Overrides, config_path, console, parse_kv
+from viscope.cli_common import (
+    Balance,
+    Collect,
+    LockTimeout,
+    Overrides,
+    Shard,
+    check_work_options,
+    config_path,
+    console,
+    parse_kv,
+    work_lines,
+    work_part,
+)
 from viscope.errors import ViscopeError
 
 
@@ -18,37 +30,26 @@ def run_matrix_command(config: str, out: Path, overrides: dict[str, Any], progre
     tables are (``shard``, ``balance``, ``lock_timeout``, ``collect``: see
     :func:`viscope.experiments.run_matrix`)."""
     from viscope.experiments import load_config, run_matrix
-    from viscope.experiments.units import DEFAULT_LOCK_TIMEOUT, parse_shard
 
-    k, n = parse_shard(shard)  # a bad --shard fails before any work
-    if lock_timeout is not None and not lock_timeout > 0:
-        raise ViscopeError(f"Expected --lock-timeout > 0 seconds; got {lock_timeout}. It is how "
-                           f"long a dead worker's unit stays locked (default "
-                           f"{DEFAULT_LOCK_TIMEOUT:.0f}).")
-    if collect and not out.is_dir():
-        raise ViscopeError(f"Expected --out to be an existing run folder for --collect; got "
-                           f"{out}, which does not exist. Give the folder the workers write.")
+    k, n, timeout = check_work_options(out, shard, balance, lock_timeout, collect)
     from viscope.train.distributed import is_main
 
     cfg = load_config(config_path(config), overrides)
     out_console = console()
-    part = " (collect: running nothing)" if collect else (f" (shard {k}/{n})" if n > 1 else "")
+    part = work_part(k, n, collect)
     if is_main():  # --devices N re-runs this command in N - 1 more processes
         out_console.print(f"[bold]{cfg.name}[/]: {len(cfg.models)} model(s) × "
                           f"{len(cfg.train_families)} training families × "
                           f"{len(cfg.eval_families)} evaluation families → {out}/{part}")
     results = run_matrix(cfg, out, log=out_console.print, progress=progress, shard=shard,
                          balance=balance, collect=collect,
-                         lock_timeout=lock_timeout or DEFAULT_LOCK_TIMEOUT)
+                         lock_timeout=timeout)
     if not is_main():
         return
     for tag, r in results.items():
         out_console.print(f"\n[bold]{tag}[/]: trained {r.trained}, measured {r.measured} new cells")
-        if r.left:
-            out_console.print(f"  left to other workers: {', '.join(r.left)}")
-        if r.missing:
-            out_console.print(f"  missing {len(r.missing)} unit(s) (partial tables; listed in "
-                              f"{r.folder / 'missing.txt'}): {', '.join(r.missing)}")
+        for line in work_lines(r.left, r.missing, r.folder / "missing.txt"):
+            out_console.print("  " + line)
         out_console.print(f"  invariance table: {r.folder / 'invariance.csv'} "
                       f"(heatmap {r.folder / 'invariance.png'})")
         out_console.print(f"  accuracy table:   {r.folder / 'accuracy.csv'} "
@@ -75,19 +76,10 @@ def matrix(
                                       "dataset)")] = None,
     set_: Overrides = None,
     progress: Annotated[bool, typer.Option(help="show training progress bars")] = False,
-    shard: Annotated[str | None, typer.Option(
-        help="k/n: run only this worker's share of the units (model × family × seed); "
-             "workers share --out, e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT"
-    )] = None,
-    balance: Annotated[str, typer.Option(
-        help="how --shard divides the units: index (unit i to shard i mod n) or cost "
-             "(greedy by estimated cost)")] = "index",
-    lock_timeout: Annotated[float | None, typer.Option(
-        help="seconds without heartbeat after which a unit locked by a dead worker is "
-             "taken over (default 600)")] = None,
-    collect: Annotated[bool, typer.Option(
-        "--collect", help="run nothing: tabulate what is finished in --out and list the "
-                          "missing units")] = False,
+    shard: Shard = None,
+    balance: Balance = "index",
+    lock_timeout: LockTimeout = None,
+    collect: Collect = False,
     devices: Annotated[int | None, typer.Option(
         help="processes per unit (GPUs, or CPU processes): DDP training and the measurement "
              "sharded over them; rank 0 claims units and writes")] = None,
