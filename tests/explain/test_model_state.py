@@ -56,12 +56,17 @@ CALLS: dict[str, Callable[[nn.Module, torch.Tensor], object]] = {
     "insertion_auc": lambda model, x: V.insertion_auc(model, x, MAPS, TARGET, steps=3),
     "road": lambda model, x: V.road(model, x, MAPS, TARGET, fractions=(0.5,)),
     "peds": lambda model, x: V.peds(model, x, MAPS, TARGET, max_steps=2),
+    "explanation_invariance": lambda model, x: V.explanation_invariance(
+        model, [(img, 0) for img in x], "rotation", samples=2, params=2, layer="layer3"),
+    "equivariance_cell": lambda model, x: V.equivariance_cell(
+        model, [(img, 0) for img in x], "brightness", "gradcam", samples=2, params=2,
+        layer="layer3"),
     "model_randomization": lambda model, x: V.model_randomization(
         model, x, "gradcam", None, layer="layer3", layers=["fc", "layer4", "conv1"]),
 }
 # public names that take no model (maps, masks, images or names only), or a class whose
 # instances are called above (CAM, Target, LayerTap: used by the CAMs themselves)
-NO_MODEL = {"CAM", "LayerTap", "METHODS", "Method", "RegionTarget", "Target", "list_methods",
+NO_MODEL = {"CAM", "ExplanationEquivariance", "LayerTap", "METHODS", "Method", "RegionTarget", "Target", "list_methods",
             "normalize_maps", "perturbation_baseline", "resolve_target", "rise_masks",
             "to_grid", "dice", "energy_pointing_game", "iou", "noisy_linear_impute",
             "pointing_game", "spearman"}

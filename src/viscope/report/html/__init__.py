@@ -2,7 +2,7 @@
 
 >>> from viscope.report.html import SECTIONS, detect_kind
 >>> sorted(SECTIONS)
-['explain', 'invariance', 'matrix', 'ssl-study', 'train']
+['explain', 'init-study', 'invariance', 'matrix', 'quality', 'ssl-study', 'train', 'weakseg']
 """
 
 from viscope.report.html import sections  # noqa: F401  (registers the sections)
