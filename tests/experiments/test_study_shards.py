@@ -169,7 +169,10 @@ def test_two_init_study_shards_at_once_in_their_own_processes(tmp_path, one_proc
     assert not (out / "missing.txt").exists()
     a = pd.read_csv(one_process / "report" / "history.csv").drop(columns="seconds")
     b = pd.read_csv(out / "report" / "history.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # the reference ran in this process, whose torch may use another number of threads
+    # than the workers' one: float sums in another order, ~1e-6 apart (bit-equal at equal
+    # thread counts)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
 QUALITY = {
