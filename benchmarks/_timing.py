@@ -9,13 +9,12 @@ import os
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _common import check_device
+from _common import add_host_args, host
 
 from viscope import data
 from viscope.train.callbacks import synchronize
@@ -60,22 +59,17 @@ def add_run_args(parser: argparse.ArgumentParser, *, models: str, batch_size: in
     parser.add_argument("--n", type=int, default=1000, help="training images")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_host_args(parser)
 
 
 def prepare(args: argparse.Namespace) -> tuple[torch.device, dict[str, Any]]:
     """Check the options, set the threads, and make the ``shapes`` train and val splits
     (n / 0.7 items, so that the train split holds about n images)."""
-    device = check_device(args.device)
+    device = host(args)
     if args.epochs < 2:
         sys.exit(f"--epochs must be at least 2 (the first is an untimed warm-up); got "
                  f"{args.epochs}. Use --epochs 2 or more")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
     total = round(args.n / 0.7)
     return device, {s: data.create("shapes", split=s, n=total, seed=args.seed)
                     for s in ("train", "val")}

@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
-from _common import check_device
+from _common import add_host_args, host
 
 from viscope import data, models, transforms
 from viscope.evaluate import explanation_invariance
@@ -81,14 +80,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=48)
     parser.add_argument("--params", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=288)  # the demo's measure batch
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_host_args(parser)
     args = parser.parse_args()
-    device = check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    device = host(args)
     dataset = data.create("color-digits", split="test", size=32, seed=0)
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
     indices = indices[:args.samples].tolist()

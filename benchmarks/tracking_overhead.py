@@ -24,13 +24,12 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from importlib.resources import files
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from _common import check_device
+from _common import add_host_args, host
 
 from viscope.experiments.config import load_config
 from viscope.train import InvarianceTracker, fit
@@ -59,14 +58,9 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=None)
     parser.add_argument("--no-figures", action="store_true",
                         help="the tracker writes the table only (figures=False)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_host_args(parser)
     args = parser.parse_args()
-    device = check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    device = host(args)
     cfg = load_config(str(files("viscope") / "configs" / "matrix-demo.yaml"))
     from viscope.train.data import resolve_splits
 
