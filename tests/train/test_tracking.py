@@ -138,6 +138,21 @@ def test_every_two_measures_at_0_2_4_and_the_last(tmp_path: Path) -> None:
     assert [e for e, _ in tracker.seconds] == [0, 2, 4, 5]
 
 
+@pytest.mark.parametrize(("every", "epochs", "expected"), [
+    (4, 5, [0, 5]),        # epoch 4 is 1 < 4/2 before the last: the last stands in for it
+    (4, 6, [0, 4, 6]),     # 2 epochs before the last is not closer than half a period
+    (3, 7, [0, 3, 7]),     # 7 - 6 = 1 < 1.5: epoch 6 left to the last
+])
+def test_a_scheduled_measurement_just_before_the_last_is_left_to_it(
+    tmp_path: Path, every: int, epochs: int, expected: list[int]
+) -> None:
+    splits = {s: data.create("shapes", split=s, n=40, seed=1) for s in ("train", "val")}
+    tracker = InvarianceTracker(["rotation"], splits["val"], every=every, samples=6,
+                                params=2, figures=False)
+    _fit(tmp_path, splits, [tracker], epochs=epochs)
+    assert [e for e, _ in tracker.seconds] == expected
+
+
 class Crash(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == 2:

@@ -58,7 +58,8 @@ class InvarianceTracker(pl.Callback):
         dataset_or_probe: a map-style dataset of ``(image, label, ...)``, a built-in
             dataset name, or ``"val"`` / ``"train"``: the split the trainer validates /
             trains on (the probe subset is the same at every measurement).
-        every: measure after every ``every`` epochs (and after the last one).
+        every: measure after every ``every`` epochs (and after the last one; a scheduled
+            measurement less than ``every / 2`` epochs before the last is left to it).
         samples: probe images (a subset seeded by ``seed``; the same images at every
             epoch, so that a change between epochs is the model's, not the probe's).
         params: parameter values per family (``family.grid(params)``).
@@ -150,8 +151,16 @@ class InvarianceTracker(pl.Callback):
         done = trainer.current_epoch + 1  # Lightning counts the epoch after this hook
         last = trainer.should_stop or (trainer.max_epochs is not None
                                        and done >= trainer.max_epochs)
-        if done % self.every == 0 or last:
+        if (done % self.every == 0 and not self._near_end(trainer, done)) or last:
             self._track(trainer, pl_module, done)
+
+    def _near_end(self, trainer: pl.Trainer, epoch: int) -> bool:
+        """Whether a scheduled measurement at ``epoch`` is closer to the last epoch than half
+        a period: the final measurement (which always runs) stands in for it. Over 5
+        epochs with ``every=4`` that measures at 0 and 5, not 0, 4 and 5 — two
+        measurements of nearly the same weights, a third of the tracker's cost."""
+        end = trainer.max_epochs
+        return end is not None and end > 0 and 0 < end - epoch < self.every / 2
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step != self._step:  # stopped inside an epoch (max_steps)
