@@ -66,7 +66,8 @@ CALLS: dict[str, Callable[[nn.Module, torch.Tensor], object]] = {
 }
 # public names that take no model (maps, masks, images or names only), or a class whose
 # instances are called above (CAM, Target, LayerTap: used by the CAMs themselves)
-NO_MODEL = {"CAM", "ExplanationEquivariance", "LayerTap", "METHODS", "Method", "RegionTarget", "Target", "list_methods",
+NO_MODEL = {"CAM", "ExplanationEquivariance", "LayerTap", "METHODS", "Method", "RegionTarget",
+            "Target", "list_methods",
             "normalize_maps", "perturbation_baseline", "resolve_target", "rise_masks",
             "to_grid", "dice", "energy_pointing_game", "iou", "noisy_linear_impute",
             "pointing_game", "spearman"}
