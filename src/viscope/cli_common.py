@@ -149,3 +149,11 @@ def work_lines(left: list[str], missing: list[str], listed: Path | None = None,
         where = f"; listed in {listed}" if listed else ""
         lines.append(f"missing {len(missing)} unit(s) ({what}{where}): {', '.join(missing)}")
     return lines
+
+
+def missing_lines(out: Path, what: str = "partial tables") -> list[str]:
+    """The line naming the units not yet finished, from ``out/missing.txt`` (which a study
+    writes while it is partial); no lines when every unit is finished."""
+    listed = out / "missing.txt"
+    missing = listed.read_text().split() if listed.exists() else []
+    return work_lines([], missing, listed, what)

@@ -17,8 +17,8 @@ from viscope.cli_common import (
     check_work_options,
     config_path,
     console,
+    missing_lines,
     parse_kv,
-    work_lines,
     work_part,
 )
 
@@ -52,9 +52,7 @@ def init_study(
     # the units other workers hold are said as they are met (viscope.experiments.units)
     run(cfg, out, log=say, shard=shard, balance=balance, lock_timeout=timeout,
         collect=collect)
-    missing_file = out / "missing.txt"
-    missing = missing_file.read_text().split() if missing_file.exists() else []
-    for line in work_lines([], missing, missing_file):
+    for line in missing_lines(out):
         say(line)
     if not (out / "report" / "table.md").exists():
         return
