@@ -31,7 +31,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,3 +371,37 @@ def write_missing(path: str | Path, missing: Sequence[str]) -> None:
         atomic_write_text(path, "\n".join(missing) + "\n")
     else:
         path.unlink(missing_ok=True)
+
+
+def run_and_report(units: Sequence[Unit], out: Path, finals: Mapping[Any, Any],
+                   report: Callable[[dict, list[str]], Any], empty: Callable[[], Any], *,
+                   job: str, started: float, shard: str | None = None,
+                   balance: str = "index", timeout: float = DEFAULT_LOCK_TIMEOUT,
+                   collect: bool = False, log: Callable[[str], None] = lambda _s: None) -> Any:
+    """This worker's units (:func:`work`), then the study's report from the finished ones
+    — partial, with ``missing.txt`` listing the rest, until every unit is finished (what
+    the init and SSL studies share).
+
+    Args:
+        finals: each unit's last stage by key (anything with ``finished()``); a finished
+            one goes into the report.
+        report: ``report(finished, missing)`` writes the tables and returns the result.
+        empty: the result when no unit is finished yet.
+        job: the study's name, for the log lines.
+        started: ``time.perf_counter()`` at the start, for the closing line.
+    """
+    done = work(units, out, shard=shard, balance=balance, timeout=timeout, collect=collect,
+                log=log)
+
+    def write(missing: list[str]) -> Any:
+        write_missing(out / "missing.txt", missing)
+        finished = {k: st for k, st in finals.items() if st.finished()}
+        if not finished:
+            log(f"{job}: no run finished yet; missing {', '.join(missing)}")
+            return empty()
+        return report(finished, missing)
+
+    result, missing = tabulate(units, write)
+    if done.ran or not missing:
+        log(f"{job}: {time.perf_counter() - started:.0f} s; summary in {out / 'summary.md'}")
+    return result

@@ -47,9 +47,7 @@ from viscope.experiments.units import (
     DEFAULT_LOCK_TIMEOUT,
     Unit,
     parse_shard,
-    tabulate,
-    work,
-    write_missing,
+    run_and_report,
 )
 from viscope.io import atomic_write, atomic_write_json
 from viscope.stages import Stage, open_run_folder
@@ -99,22 +97,11 @@ def run(config: InitStudyConfig | str | Path, out: str | Path, *, log: Log | Non
             "initialises a ViT's attention)")
     stages: dict[tuple[str, str, int], Stage] = {}
     units = study_units(cfg, out, say, attention, stages)
-    done = work(units, out, shard=shard, balance=balance, timeout=lock_timeout,
-                collect=collect, log=say)
-
-    def write(missing: list[str]) -> pd.DataFrame:
-        write_missing(out / "missing.txt", missing)
-        finished = {k: st for k, st in stages.items() if st.finished()}
-        if not finished:
-            say(f"init-study: no run finished yet; missing {', '.join(missing)}")
-            return pd.DataFrame(columns=report.HISTORY)
-        return report.write(cfg, finished, out, say, missing)
-
-    history, missing = tabulate(units, write)
-    if done.ran or not missing:
-        say(f"init-study: {time.perf_counter() - started:.0f} s; summary in "
-            f"{out / 'summary.md'}")
-    return history
+    return run_and_report(
+        units, out, stages, lambda finished, missing: report.write(cfg, finished, out, say,
+                                                                   missing),
+        lambda: pd.DataFrame(columns=report.HISTORY), job="init-study", started=started,
+        shard=shard, balance=balance, timeout=lock_timeout, collect=collect, log=say)
 
 
 def study_units(cfg: InitStudyConfig, out: Path, say: Log, attention: bool,

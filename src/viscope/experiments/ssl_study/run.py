@@ -45,9 +45,7 @@ from viscope.experiments.units import (
     DEFAULT_LOCK_TIMEOUT,
     Unit,
     parse_shard,
-    tabulate,
-    work,
-    write_missing,
+    run_and_report,
 )
 from viscope.io import atomic_write_json
 from viscope.stages import Stage, open_run_folder
@@ -94,22 +92,11 @@ def run(config: SSLStudyConfig | str | Path, out: str | Path, *, log: Log | None
     started = time.perf_counter()
     evals: dict[tuple[str, str, int], Stage] = {}
     units = study_units(cfg, out, say, evals)
-    done = work(units, out, shard=shard, balance=balance, timeout=lock_timeout,
-                collect=collect, log=say)
-
-    def write(missing: list[str]) -> pd.DataFrame:
-        write_missing(out / "missing.txt", missing)
-        finished = {k: st for k, st in evals.items() if st.finished()}
-        if not finished:
-            say(f"ssl-study: no run finished yet; missing {', '.join(missing)}")
-            return pd.DataFrame()
-        return report.write(cfg, finished, out, say, missing)
-
-    runs, missing = tabulate(units, write)
-    if done.ran or not missing:
-        say(f"ssl-study: {time.perf_counter() - started:.0f} s; summary in "
-            f"{out / 'summary.md'}")
-    return runs
+    return run_and_report(
+        units, out, evals, lambda finished, missing: report.write(cfg, finished, out, say,
+                                                                  missing),
+        pd.DataFrame, job="ssl-study", started=started, shard=shard, balance=balance,
+        timeout=lock_timeout, collect=collect, log=say)
 
 
 def study_units(cfg: SSLStudyConfig, out: Path, say: Log,
