@@ -68,6 +68,8 @@ def test_every_training_tracks_and_epoch_zero_is_the_initial_weights(tmp_path):
         mine = combined[combined["train"] == fam].drop(columns=["train", "seed"])
         pd.testing.assert_frame_equal(mine.reset_index(drop=True), table)
     assert (out / "vit" / "invariance_by_epoch.png").stat().st_size > 0
+    # one figure per model; none drawn per training (~1.6 s of matplotlib each)
+    assert not list((out / "vit" / "train").rglob("invariance*.png"))
 
     # resumed: nothing trained or measured again; tracking switched off keeps everything
     before = stamps(out, (".json", ".pt", ".csv"))
